@@ -1,0 +1,1 @@
+"""Consumer side of eoforge: the tile catalog and the PyTorch dataset. Light imports only."""

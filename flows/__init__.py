@@ -1,0 +1,1 @@
+"""Prefect flows and the ``eoforge`` command line: thin wiring, no pixel math."""
