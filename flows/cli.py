@@ -1,5 +1,60 @@
-"""Placeholder replaced below."""
+"""The ``eoforge`` command line: thin wiring over ``schemas``, ``pipelines``, ``catalog``, ``flows``.
+
+Verbs that exist are registered here; each group lives in its own ``cli_*`` module.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from flows._cli_common import console
+from flows.cli_archive import app as archive_app
+from flows.cli_recipe import app as recipe_app
+from schemas import __version__
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="eoforge",
+    help=(
+        "Build ML-ready Earth-observation datasets from one recipe: search STAC catalogs, mask "
+        "clouds, put every sensor on one grid, burn labels, write Zarr cubes and a tile catalog."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(archive_app, name="archive")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"eoforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version_callback,
+        is_eager=True,
+        help="Print the eoforge version and exit.",
+    ),
+) -> None:
+    """eoforge: ML-ready Earth-observation datasets."""
+
+
+@app.command("demo")
+def demo() -> None:
+    """Build the demo dataset from the offline archive (what ``make demo`` runs)."""
+    from flows.demo import run_demo
+
+    run_demo()
 
 
 def main() -> None:
-    """Entry point."""
+    """Console-script entry point."""
+    app()
