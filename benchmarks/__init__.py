@@ -1,0 +1,1 @@
+"""``make bench``: benchmarks measured side by side in one run; never part of ``make test``."""

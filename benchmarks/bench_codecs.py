@@ -1,0 +1,69 @@
+"""Chunk codecs for the cube: encode/decode speed and size of one training chunk.
+
+A cube chunk is one tile x one time x all bands x full tile (DESIGN.md). This benchmark compares
+the Zarr v3 codecs eoforge may write, on a chunk with realistic spatial structure (smooth fields
+plus texture, int16 reflectance x 10000), decoding with numcodecs (what zarr's Blosc/Zstd codecs call underneath).
+Baseline: zstd level 3 (a common default).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numcodecs import Blosc, Zstd
+
+from benchmarks._harness import Measurement, time_median
+
+NAME = "codecs"
+
+
+def _chunk(rng: np.random.Generator, bands: int = 12, size: int = 128) -> np.ndarray:
+    """A (band, y, x) int16 chunk with smooth structure and noise, like reflectance x 10000."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = 1500 + 800 * np.sin(6 * xx) * np.cos(4 * yy)
+    out = np.empty((bands, size, size), dtype=np.int16)
+    for b in range(bands):
+        noise = rng.normal(0, 60, (size, size))
+        out[b] = np.clip(base * (0.6 + 0.1 * b) + noise, 0, 10000).astype(np.int16)
+    return out
+
+
+def run(quick: bool = False) -> list[Measurement]:
+    """Measure encode+decode of every codec on the same chunks, side by side."""
+    rng = np.random.default_rng(0)
+    chunks = [_chunk(rng) for _ in range(4 if quick else 16)]
+    raw = sum(c.nbytes for c in chunks)
+    codecs = {
+        "zstd-3": Zstd(level=3),
+        "blosc-zstd-3-bitshuffle": Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE),
+        "blosc-lz4-5-bitshuffle": Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE),
+        "blosc-lz4-5-shuffle": Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),
+    }
+    repeats = 3 if quick else 9
+    results: list[Measurement] = []
+    for name, codec in codecs.items():
+        encoded = [codec.encode(c) for c in chunks]
+        size = sum(len(e) for e in encoded)
+
+        def decode(codec: object = codec, encoded: list[bytes] = encoded) -> None:
+            for e in encoded:
+                codec.decode(e)  # type: ignore[attr-defined]
+
+        def encode(codec: object = codec) -> None:
+            for c in chunks:
+                codec.encode(c)  # type: ignore[attr-defined]
+
+        for op, fn in (("decode", decode), ("encode", encode)):
+            med = time_median(fn, repeats=repeats)
+            results.append(
+                Measurement(
+                    bench=NAME,
+                    case=f"{name} {op}",
+                    baseline=None if name == "zstd-3" else f"zstd-3 {op}",
+                    median_s=med,
+                    repeats=repeats,
+                    unit_count=raw / 1e6,
+                    unit="MB",
+                    extra={"compression_ratio": round(raw / size, 3)},
+                )
+            )
+    return results
