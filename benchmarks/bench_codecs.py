@@ -2,7 +2,7 @@
 
 A cube chunk is one tile x one time x all bands x full tile (DESIGN.md). This benchmark compares
 the Zarr v3 codecs eoforge may write, on a chunk with realistic spatial structure (smooth fields
-plus texture, int16 reflectance x 10000), decoding with numcodecs (what zarr's Blosc/Zstd codecs call underneath).
+plus texture, int16 reflectance x 10000), using numcodecs (what zarr's Blosc/Zstd codecs call).
 Baseline: zstd level 3 (a common default).
 """
 

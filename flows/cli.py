@@ -1,4 +1,4 @@
-"""The ``eoforge`` command line: thin wiring over ``schemas``, ``pipelines``, ``catalog``, ``flows``.
+"""The ``eoforge`` command line: thin wiring over ``schemas``, ``pipelines`` and ``catalog``.
 
 Verbs that exist are registered here; each group lives in its own ``cli_*`` module.
 """

@@ -3,12 +3,12 @@
 An archive is a directory that looks to eoforge exactly like a remote provider once served::
 
     DIR/
-      archive.json                         # ArchiveManifest: preset, seed, bbox, collections, counts
+      archive.json                         # manifest: preset, seed, bbox, collections, counts
       stac/collections/<collection>.json   # STAC Collections (provider-like)
       stac/items/<collection>.ndjson       # STAC Items, one per line, sorted by id
       data/<collection>/<item_id>/<file>   # COGs (and EnMAP METADATA.XML) referenced by the items
       labels/corine.gpkg                   # CORINE-like polygons, layer "corine", attribute Code_18
-      labels/osm.osm                       # OSM XML with real tags (building, highway, waterway, ...)
+      labels/osm.osm                       # OSM XML with real tags (building, highway, ...)
       truth/classes.json                   # class id, name, CORINE code, OSM tags, per-band values
       truth/landcover_<epsg>.tif           # class ids on a fine grid per UTM zone
       truth/scenes.json                    # per item id: injected shift (m), cloud fraction, ...

@@ -35,11 +35,7 @@ def format_message(what: str, where: str | None = None, fix: str | None = None) 
     text = what.rstrip(".")
     if where:
         text = f"{where}: {text}"
-    if fix:
-        text = f"{text}. Fix: {fix.rstrip('.')}."
-    else:
-        text = f"{text}."
-    return text
+    return f"{text}. Fix: {fix.rstrip('.')}." if fix else f"{text}."
 
 
 class EoforgeError(Exception):
@@ -80,6 +76,6 @@ class NotFoundError(EoforgeError, LookupError):
 
 
 class ConflictError(EoforgeError):
-    """The request clashes with existing state (cube locked by another build, incompatible recipe)."""
+    """The request clashes with existing state (cube locked by another build, changed recipe)."""
 
     exit_code = 4
