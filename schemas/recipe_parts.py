@@ -1,0 +1,213 @@
+"""The recipe's grid, split, output and execution sections.
+
+Part of the recipe schema; import the public names from :mod:`schemas.recipe`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal, Self
+from urllib.parse import urlparse
+
+from pydantic import Field, model_validator
+
+from schemas.recipe_common import RecipeModel, fail, resolve_local
+
+__all__ = [
+    "Codec",
+    "ExecutionConfig",
+    "GridConfig",
+    "OutputConfig",
+    "SplitConfig",
+    "SplitFractions",
+    "SplitMethod",
+]
+
+#: Default split block edge, in tiles, when ``split.block_size`` is not given.
+DEFAULT_BLOCK_TILES = 10
+_DASK_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
+class GridConfig(RecipeModel):
+    """The tile grid every sensor shares: one tile extent, each sensor at its own resolution."""
+
+    tile_size: int = Field(
+        default=1200,
+        gt=0,
+        le=100_000,
+        description=(
+            "Tile edge in metres; every sensor resolution must divide it. The default 1200 m is "
+            "120 px at 10 m, 60 px at 20 m, 40 px at 30 m and 20 px at 60 m (BigEarthNet size)."
+        ),
+    )
+    crs: Literal["utm"] = Field(
+        default="utm",
+        description=(
+            "Tile CRS: 'utm' puts each tile in the UTM zone of its centre, its origin snapped to "
+            "a multiple of tile_size."
+        ),
+    )
+
+
+class SplitMethod(StrEnum):
+    """How tiles are assigned to train/val/test."""
+
+    BLOCK = "block"
+    """Whole square blocks of tiles go to one split (geographic, no leakage between neighbours)."""
+    RANDOM = "random"
+    """Each tile independently (neighbouring tiles can leak information between splits)."""
+
+
+class SplitFractions(RecipeModel):
+    """Shares of train, validation and test; they add up to 1."""
+
+    train: float = Field(default=0.8, gt=0, le=1, description="Share of the training split.")
+    val: float = Field(default=0.1, ge=0, le=1, description="Share of the validation split.")
+    test: float = Field(default=0.1, ge=0, le=1, description="Share of the test split.")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Self:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            fail(
+                f"train + val + test = {total:g}, not 1",
+                "",
+                "choose shares that add up to 1, e.g. {train: 0.8, val: 0.1, test: 0.1}",
+            )
+        return self
+
+
+class SplitConfig(RecipeModel):
+    """How tiles are assigned to splits: reproducible for a given seed."""
+
+    method: SplitMethod = Field(
+        default=SplitMethod.BLOCK,
+        description="block: square blocks of tiles (geographic, leakage-free); random: per tile.",
+    )
+    fractions: SplitFractions = Field(
+        default_factory=SplitFractions, description="Shares of train, val and test."
+    )
+    block_size: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Block edge in metres for method 'block'; a multiple of grid.tile_size. "
+            f"Default: {DEFAULT_BLOCK_TILES} tiles."
+        ),
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the assignment.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.method is SplitMethod.RANDOM and self.block_size is not None:
+            fail(
+                "block_size is only used by method 'block'",
+                "block_size",
+                "remove split.block_size or use method: block",
+            )
+        return self
+
+    def block_size_m(self, tile_size: int) -> int:
+        """The block edge in metres: ``block_size``, or the default number of tiles."""
+        return self.block_size if self.block_size is not None else DEFAULT_BLOCK_TILES * tile_size
+
+
+class Codec(StrEnum):
+    """Compression of the cube's chunks (see ``schemas.cube.CodecSpec``)."""
+
+    BLOSC_LZ4 = "blosc-lz4"
+    """Blosc LZ4 with bit-shuffle: fastest to decode (the default; training reads often)."""
+    BLOSC_ZSTD = "blosc-zstd"
+    """Blosc zstd with bit-shuffle."""
+    ZSTD = "zstd"
+    """Plain zstd: compresses harder, decodes slower."""
+
+
+_LEVELS: dict[Codec, tuple[int, int]] = {
+    Codec.ZSTD: (1, 22),
+    Codec.BLOSC_ZSTD: (1, 9),
+    Codec.BLOSC_LZ4: (1, 9),
+}
+
+
+class OutputConfig(RecipeModel):
+    """Where and how the cube (and its tile catalog) is written."""
+
+    path: str = Field(
+        min_length=1,
+        description=(
+            "Directory or URL (s3://, gs://, az://, ...) of the Zarr cube; the tile catalog "
+            "lives inside it. A relative path is taken from the current directory."
+        ),
+    )
+    codec: Codec = Field(
+        default=Codec.BLOSC_LZ4, description="Chunk compression: blosc-lz4, blosc-zstd or zstd."
+    )
+    codec_level: int | None = Field(
+        default=None,
+        description="Compression level (zstd 1..22, blosc 1..9); default: 5 for blosc, 3 for zstd.",
+    )
+    tiles_per_shard: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Tiles per Zarr shard; one build task writes one shard.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.codec_level is not None:
+            low, high = _LEVELS[self.codec]
+            if not low <= self.codec_level <= high:
+                fail(
+                    f"level {self.codec_level} is outside {low}..{high} for codec '{self.codec}'",
+                    "codec_level",
+                )
+        return self
+
+    def with_resolved_paths(self, base: Path) -> OutputConfig:
+        """This output with a relative local ``path`` made absolute against ``base``."""
+        return self.model_copy(update={"path": resolve_local(self.path, base)})
+
+
+class ExecutionConfig(RecipeModel):
+    """Where the build runs: a running Dask cluster, or a local one started for the build."""
+
+    dask_address: str | None = Field(
+        default=None,
+        description="Scheduler address of a running Dask cluster, e.g. tcp://scheduler:8786. "
+        "Default: a local cluster.",
+    )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Local cluster: number of worker processes (default: one per CPU core).",
+    )
+    threads_per_worker: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Local cluster: threads per worker (default: Dask's choice).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.dask_address is None:
+            return self
+        url = urlparse(self.dask_address)
+        if url.scheme not in _DASK_SCHEMES or not url.hostname:
+            fail(
+                f"'{self.dask_address}' is not a Dask scheduler address",
+                "dask_address",
+                "write it as tcp://HOST:PORT (or tls://, ws://, wss://, ucx://)",
+            )
+        for name in ("workers", "threads_per_worker"):
+            if getattr(self, name) is not None:
+                fail(
+                    f"{name} sizes a local cluster, but dask_address names a running one",
+                    name,
+                    f"remove execution.{name} or execution.dask_address",
+                )
+        return self
