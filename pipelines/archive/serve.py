@@ -13,7 +13,8 @@
 
 Leaving the context stops everything in reverse order (SIGTERM, then SIGKILL after a grace
 period) and removes the temporary files. Child servers run in their own session, so a Ctrl-C in a
-terminal reaches only this process, which then stops them in order.
+terminal reaches only this process, which then stops them in order. If this process is killed
+with SIGKILL, the children (and PostgreSQL) outlive it; nothing can stop them then.
 """
 
 from __future__ import annotations
