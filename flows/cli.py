@@ -9,6 +9,7 @@ import typer
 
 from flows._cli_common import console
 from flows.cli_archive import app as archive_app
+from flows.cli_build import register as register_build
 from flows.cli_recipe import app as recipe_app
 from schemas import __version__
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(archive_app, name="archive")
+register_build(app)
 
 
 def _version_callback(value: bool) -> None:

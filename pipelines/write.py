@@ -188,7 +188,7 @@ def open_or_create_cube(
     """
     where = str(path)
     try:
-        group = zarr.open_group(path, mode="r+", zarr_format=3)
+        group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
     except FileNotFoundError:
         group = zarr.open_group(path, mode="w", zarr_format=3)
         _create(group, layout, n_tiles_capacity)

@@ -36,7 +36,11 @@ def footprint(grid: Grid, swath: tuple[float, float, float] | None) -> Polygon:
         nx, ny, c = swath
         minx, miny, maxx, maxy = grid.bounds
         big = 10 * max(maxx - minx, maxy - miny)
-        cx, cy = nx * c, ny * c  # a point on the edge line
+        # The point of the edge line nearest the grid centre (the foot of the perpendicular from
+        # the CRS origin can lie thousands of km away, outside the half-plane polygon below).
+        mx, my = (minx + maxx) / 2, (miny + maxy) / 2
+        off = nx * mx + ny * my - c
+        cx, cy = mx - off * nx, my - off * ny
         half = Polygon(
             [
                 (cx - ny * big, cy + nx * big),

@@ -1,0 +1,215 @@
+"""The ``build_dataset`` Prefect flow: plan -> one task per shard (on Dask) -> finish.
+
+Thin wiring only: pixel work is :func:`pipelines.shard.build_shard`, writing is
+:func:`pipelines.write.write_shard`, committing is :class:`catalog.writer.CatalogWriter`. Tasks
+receive the plan's path and a shard id, never arrays. A shard's catalog rows are committed only
+after its chunks are written, so a killed build leaves no half-visible tile, and a rerun skips
+the shards already committed.
+
+Execution: tasks run on Dask through ``prefect-dask``: the recipe's (or ``--dask-address``)
+scheduler when given, else a ``LocalCluster``. The local cluster uses worker threads in this
+process by default (GDAL and numpy release the GIL); a process-based cluster would start one
+ephemeral Prefect API per worker unless ``PREFECT_API_URL`` points at a running Prefect server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zarr
+from prefect import flow, task
+from prefect.client.schemas.objects import State, TaskRun
+from prefect_dask.task_runners import DaskTaskRunner
+
+from catalog.writer import CatalogWriter, committed_shards
+from pipelines.archive.serve import serve_archive
+from pipelines.plan import BuildPlan, cube_layout, make_plan
+from pipelines.shard import build_shard
+from pipelines.write import open_or_create_cube, write_shard
+from schemas.cube import CubeLayout
+from schemas.errors import TransientError
+from schemas.recipe import Recipe, load_recipe
+from schemas.sensors import ARCHIVE_PREFIX
+
+__all__ = ["BuildSummary", "build_dataset", "run_build"]
+
+logger = logging.getLogger(__name__)
+
+PLAN_DIR = "_eoforge"
+
+
+def _retry_transient(task_: Any, task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect retry condition: retry only :class:`TransientError` (never bad input)."""
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="build-shard",
+    retries=3,
+    retry_delay_seconds=[1, 5, 20],
+    retry_condition_fn=_retry_transient,
+    task_run_name="shard {shard_id} ({period_id})",
+)
+def build_shard_task(
+    plan_path: str, cube: str, shard_id: str, period_id: str, run_id: str
+) -> dict[str, Any]:
+    """Compute, write and commit one shard; returns a small summary (no arrays)."""
+    plan = BuildPlan.from_json(Path(plan_path).read_text())
+    shard_task = plan.shard(shard_id)
+    # Never through consolidated metadata: a rerun may have grown the tile axis since.
+    group = zarr.open_group(cube, mode="r+", use_consolidated=False)
+    layout = CubeLayout.from_root_attrs(dict(group.attrs))
+    built = build_shard(plan, shard_task)
+    write_shard(group, layout, built.shard, built.results, period_id=shard_task.period_id)
+    CatalogWriter(cube).commit_shard(shard_id, built.records, run_id)
+    return {
+        "shard": shard_id,
+        "period": period_id,
+        "tiles": len(built.records),
+        "stacks": sum(len(v) for v in built.results.values()),
+        "skipped": [
+            {"tile": s.tile_id, "sensor": s.sensor, "item": s.item_id, "reason": s.reason}
+            for s in built.skipped
+        ],
+    }
+
+
+@dataclass
+class BuildSummary:
+    """What a build did (printed by the CLI, written to the run record)."""
+
+    recipe: str
+    cube: str
+    run_id: str
+    tiles: int = 0
+    shards_total: int = 0
+    shards_built: int = 0
+    shards_skipped: int = 0
+    positions: int = 0
+    bytes_on_disk: int = 0
+    seconds: float = 0.0
+    searches: list[str] = field(default_factory=list)
+    skipped_scenes: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return dict(self.__dict__)
+
+
+@contextlib.contextmanager
+def _catalog_urls(recipe: Recipe) -> Iterator[dict[str, str]]:
+    """Serve every ``archive:PATH`` catalog of the recipe on free loopback ports."""
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, str] = {}
+        urls: dict[str, str] = {}
+        for cfg in recipe.sensors:
+            if not cfg.catalog.startswith(ARCHIVE_PREFIX):
+                continue
+            root = str(Path(cfg.catalog[len(ARCHIVE_PREFIX) :]).resolve())
+            if root not in servers:
+                srv = stack.enter_context(serve_archive(root))
+                servers[root] = srv.stac_url
+            urls[cfg.id.value] = servers[root]
+        yield urls
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _task_runner(recipe: Recipe, dask_address: str | None) -> DaskTaskRunner:
+    address = dask_address or recipe.execution.dask_address
+    if address:
+        return DaskTaskRunner(address=address)
+    workers = recipe.execution.workers or 1
+    threads = recipe.execution.threads_per_worker or 2
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": threads,
+            "processes": False,
+            "dashboard_address": None,
+        }
+    )
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    return f"build-{Path(str(params.get('recipe_path', 'recipe'))).stem}"
+
+
+@flow(name="build-dataset", flow_run_name=_flow_run_name, log_prints=False)
+def build_dataset(recipe_path: str, dask_address: str | None = None) -> dict[str, Any]:
+    """Build (or resume) the cube and tile catalog a recipe describes.
+
+    Args:
+        recipe_path: Path of the recipe YAML.
+        dask_address: Address of a running Dask scheduler (overrides the recipe).
+
+    Returns:
+        The :class:`BuildSummary` as a dict.
+    """
+    recipe = load_recipe(recipe_path).resolve_paths(Path.cwd())
+    return _run(recipe, dask_address)
+
+
+def _run(recipe: Recipe, dask_address: str | None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    cube = Path(recipe.output.path)
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    summary = BuildSummary(recipe=recipe.name, cube=str(cube), run_id=run_id)
+    layout = cube_layout(recipe)
+    with _catalog_urls(recipe) as urls:
+        plan = make_plan(recipe, urls)
+        summary.searches = [s.search_summary for s in plan.sensors]
+        summary.tiles = len({t for s in plan.shards for t in s.tile_ids})
+        summary.shards_total = len(plan.shards)
+        summary.positions = plan.n_positions
+        open_or_create_cube(cube, layout, n_tiles_capacity=plan.n_positions)
+        plan_dir = cube / PLAN_DIR
+        plan_dir.mkdir(parents=True, exist_ok=True)
+        plan_path = plan_dir / f"plan-{run_id}.json"
+        plan_path.write_text(plan.to_json())
+        done = committed_shards(cube)
+        todo = [s for s in plan.shards if s.id not in done]
+        summary.shards_skipped = len(plan.shards) - len(todo)
+        results = _submit_all(str(plan_path), str(cube), todo, run_id)
+    for r in results:
+        summary.shards_built += 1
+        summary.skipped_scenes.extend(r["skipped"])
+    # Readers (xarray.open_zarr) open the cube in one request instead of one per array.
+    zarr.consolidate_metadata(str(cube))
+    summary.bytes_on_disk = _du(cube)
+    summary.seconds = round(time.perf_counter() - t0, 2)
+    CatalogWriter(cube).finish_run(run_id, summary.to_dict())
+    return summary.to_dict()
+
+
+def _submit_all(plan_path: str, cube: str, todo: list[Any], run_id: str) -> list[dict[str, Any]]:
+    """Run the shard tasks on the flow's task runner and wait (a failure fails the build)."""
+    futures = [build_shard_task.submit(plan_path, cube, s.id, s.period_id, run_id) for s in todo]
+    return [f.result() for f in futures]
+
+
+def run_build(
+    recipe_path: str | os.PathLike[str], dask_address: str | None = None
+) -> dict[str, Any]:
+    """Run :func:`build_dataset` (what ``eoforge build`` calls)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return build_dataset(str(recipe_path), dask_address)

@@ -1,0 +1,51 @@
+"""``eoforge build RECIPE``: build (or resume) a dataset now."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from flows._cli_common import console, reports_errors
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``build`` to the root command group."""
+
+    @app.command("build")
+    @reports_errors
+    def build(
+        recipe: Path = typer.Argument(..., help="Recipe YAML file."),  # noqa: B008
+        dask_address: str | None = typer.Option(
+            None, "--dask-address", help="Address of a running Dask scheduler (tcp://host:port)."
+        ),
+        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Build the cube and tile catalog a recipe describes; reruns resume where they stopped."""
+        from flows.build import run_build
+
+        summary = run_build(recipe, dask_address)
+        if json_out:
+            console.print_json(json.dumps(summary))
+            return
+        table = Table(title=f"eoforge build: {summary['recipe']}", show_header=False)
+        for key in (
+            "cube",
+            "run_id",
+            "tiles",
+            "positions",
+            "shards_total",
+            "shards_built",
+            "shards_skipped",
+            "bytes_on_disk",
+            "seconds",
+        ):
+            table.add_row(key, str(summary[key]))
+        table.add_row("skipped scenes", str(len(summary["skipped_scenes"])))
+        console.print(table)
+        for line in summary["searches"]:
+            console.print(f"  search: {line}", highlight=False)
