@@ -25,6 +25,17 @@ How a pixel is warped (both backends)
     ``1e-9``): every source pixel with a non-zero weight in its kernel (bilinear 2x2, the area of
     an ``average``, the one pixel of ``nearest``) is valid, so a nodata value never leaks into a
     valid pixel. Footprint requests return the ``nearest`` warp of the same mask (1.0/0.0).
+    GDAL's kernel scale is pinned to the pixel-size ratio (warp options ``XSCALE``/``YSCALE``);
+    left to GDAL it is derived from the window shapes, so a rotated (other UTM zone) or
+    edge-clipped source window would blur or sharpen the kernel and results would depend on
+    how much of the file was read.
+
+    The windowed core (:func:`warp_window`, used by the stackstac backend) reads only the source
+    window under the tile plus a kernel margin, and takes two exact shortcuts: a source grid
+    that coincides with the tile grid (same CRS and pixel size, whole-pixel offset: S2 10 m on
+    a 10 m tile) is copied, not warped; and when the window holds no invalid pixel and is not
+    cut by the raster edge, the validity weights are 1 without warping them. The oracle takes
+    neither shortcut, so comparing the backends checks both.
 
 Shifts
     ``WarpRequest.shift_m = (dx, dy)`` translates the source geotransform by ``dx`` metres east
@@ -351,8 +362,17 @@ def _reproject(
     grid: TargetGrid,
     resampling: Resampling,
 ) -> np.ndarray:
-    """``(band, y, x)`` float64 on ``grid``; no source nodata, 0 outside the source."""
+    """``(band, y, x)`` float64 on ``grid``; no source nodata, 0 outside the source.
+
+    XSCALE/YSCALE fix the kernel scale GDAL otherwise derives per chunk from the shapes of the
+    source and destination windows: without them a bilinear down-sampling kernel, and so the
+    result, depends on how much of the source raster was read (a window or the whole file).
+    """
     out = np.zeros((source.shape[0], *grid.shape), np.float64)
+    scale = {
+        "XSCALE": repr(abs(src_transform.a) / abs(grid.transform.a)),
+        "YSCALE": repr(abs(src_transform.e) / abs(grid.transform.e)),
+    }
     with _REPROJECT_LOCK:
         rasterio.warp.reproject(
             source,
@@ -365,6 +385,7 @@ def _reproject(
             dst_nodata=None,
             resampling=resampling,
             num_threads=1,
+            **scale,
         )
     return out
 
@@ -382,8 +403,13 @@ def _finish(
 
 def _source_window(
     src_transform: Affine, src_crs: CRS, width: int, height: int, grid: TargetGrid
-) -> Window | None:
-    """The source pixels under the grid plus a kernel margin, or None when they do not meet."""
+) -> tuple[Window, bool] | None:
+    """The source pixels under the grid plus a kernel margin, or None when they do not meet.
+
+    Returns:
+        ``(window, inside)``; ``inside`` is True when the padded window was not clipped by the
+        raster's edges (every kernel of every target pixel then lies inside the raster).
+    """
     bounds = grid.bounds
     if src_crs != CRS.from_epsg(grid.epsg):
         bounds = rasterio.warp.transform_bounds(
@@ -396,11 +422,57 @@ def _source_window(
     # GDAL widens bilinear/cubic kernels by the down-sampling ratio; 2 px more covers rounding.
     ratio = grid.resolution_m / max(abs(src_transform.a), 1e-12)
     pad = 2 + math.ceil(max(1.0, ratio))
-    c0, c1 = max(0, math.floor(min(cols)) - pad), min(width, math.ceil(max(cols)) + pad)
-    r0, r1 = max(0, math.floor(min(rows)) - pad), min(height, math.ceil(max(rows)) + pad)
+    want = (
+        math.floor(min(cols)) - pad,
+        math.floor(min(rows)) - pad,
+        math.ceil(max(cols)) + pad,
+        math.ceil(max(rows)) + pad,
+    )
+    c0, r0 = max(0, want[0]), max(0, want[1])
+    c1, r1 = min(width, want[2]), min(height, want[3])
     if c0 >= c1 or r0 >= r1:
         return None
-    return Window(c0, r0, c1 - c0, r1 - r0)
+    return Window(c0, r0, c1 - c0, r1 - r0), (c0, r0, c1, r1) == want
+
+
+def _aligned_offset(
+    src_transform: Affine, src_crs: CRS, grid: TargetGrid
+) -> tuple[int, int] | None:
+    """``(col, row)`` of the grid's origin in the source when both grids coincide, else None.
+
+    Same CRS, same north-up pixel size and a whole-pixel offset: every resampling is then the
+    identity, and warping reduces to copying a window.
+    """
+    g = grid.transform
+    if src_crs != CRS.from_epsg(grid.epsg) or src_transform.b or src_transform.d or g.b or g.d:
+        return None
+    if not (
+        math.isclose(src_transform.a, g.a, rel_tol=1e-12)
+        and math.isclose(src_transform.e, g.e, rel_tol=1e-12)
+    ):
+        return None
+    col, row = ~src_transform @ (g.c, g.f)
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(col), round(row)
+
+
+def _copy_aligned(
+    ds: Any, request: WarpRequest, grid: TargetGrid, col: int, row: int
+) -> np.ndarray:
+    """:func:`warp_window` for coinciding grids: a window copy, NaN where the mask is 0."""
+    indexes = list(request.bands[:1] if request.footprint else request.bands)
+    ny, nx = grid.shape
+    fill = 0.0 if request.footprint else np.nan
+    values = np.full((len(indexes), ny, nx), fill, np.float64)
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + nx, ds.width), min(row + ny, ds.height)
+    if c0 < c1 and r0 < r1:
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        valid = ds.read_masks(indexes, window=window) > 0
+        part = valid.astype(np.float64) if request.footprint else ds.read(indexes, window=window)
+        values[:, r0 - row : r1 - row, c0 - col : c1 - col] = np.where(valid, part, fill)
+    return values
 
 
 def _check_dataset(ds: Any, request: WarpRequest) -> None:
@@ -436,17 +508,25 @@ def warp_window(ds: Any, request: WarpRequest, grid: TargetGrid) -> np.ndarray:
         1.0/0.0).
     """
     _check_dataset(ds, request)
-    nbands = 1 if request.footprint else len(request.bands)
     src_transform = _shifted(ds.transform, request.shift_m)
-    window = _source_window(src_transform, ds.crs, ds.width, ds.height, grid)
-    if window is None:
-        fill = 0.0 if request.footprint else np.nan
-        return np.full((nbands, *grid.shape), fill, np.float64)
-    indexes = list(request.bands[:nbands])
+    aligned = _aligned_offset(src_transform, ds.crs, grid)
+    if aligned is not None:
+        return _copy_aligned(ds, request, grid, *aligned)
+    found = _source_window(src_transform, ds.crs, ds.width, ds.height, grid)
+    if found is None:
+        return _empty(request, grid)
+    window, inside = found
+    indexes = list(request.bands[:1] if request.footprint else request.bands)
     win_transform = src_transform @ Affine.translation(window.col_off, window.row_off)
     masks = ds.read_masks(indexes, window=window)
     resampling = Resampling.nearest if request.footprint else request.resampling
-    weights = _reproject((masks > 0).astype(np.float64), win_transform, ds.crs, grid, resampling)
+    if inside and masks.all():
+        # No invalid source pixel and no raster edge under any kernel: weight 1 everywhere.
+        weights = np.ones((len(indexes), *grid.shape), np.float64)
+    else:
+        weights = _reproject(
+            (masks > 0).astype(np.float64), win_transform, ds.crs, grid, resampling
+        )
     if request.footprint:
         return _finish(request, weights, weights)
     values = _reproject(ds.read(indexes, window=window), win_transform, ds.crs, grid, resampling)

@@ -393,7 +393,8 @@ def load_sensor(
 
     Raises:
         InvalidInputError: Bad bands, resolution, datetimes, duplicate items, items of another
-            collection, shifts for unknown items, or access denied to an asset.
+            collection, shifts for unknown items, an S2 item without processing baseline, or
+            access denied to an asset. All but the last are raised before any I/O.
         BrokenAssetError: An asset is missing or corrupt (``item_id``/``asset_key`` name it).
         TransientError: An asset kept failing with transient HTTP errors.
     """
@@ -405,42 +406,29 @@ def load_sensor(
     shifts = _check_shifts(shifts_m, {str(item["id"]) for _, item in timed})
     env = {**DEFAULT_GDAL_ENV, **{k: _env_value(v) for k, v in (gdal_env or {}).items()}}
 
-    plan = _Plan([], {})
-    data_at: list[list[tuple[int, int]]] = []
-    qa_at: list[list[tuple[int, int]]] = []
-    footprint_at: list[int | None] = []
-    for _, item in timed:
-        shift = shifts.get(str(item["id"]), (0.0, 0.0))
-        data_at.append(_plan_item(plan, item, data_bands, shift, resolution_m))
-        qa_at.append(_plan_item(plan, item, qa_bands, shift, resolution_m))
-        if qa_bands:
-            footprint_at.append(None)  # from the first QA layer's nearest validity
-        else:
-            req = _band_source(item, data_bands[0], shift, resolution_m, footprint=True)
-            footprint_at.append(plan.add((req.item_id, req.asset_key, "footprint"), req))
-
+    # Everything that can fail on metadata fails here, before any I/O.
+    scales = [
+        [profile.scale_offset_for_item(spec.name, item) for spec in data_bands] for _, item in timed
+    ]
+    layout = _layout([item for _, item in timed], data_bands, qa_bands, shifts, float(resolution_m))
     chosen: WarpBackend = backend if backend is not None else StackstacBackend()
-    planes = chosen.warp(plan.requests, grid, gdal_env=env) if plan.requests else []
+    planes = chosen.warp(layout.plan.requests, grid, gdal_env=env) if layout.plan.requests else []
 
     n = len(timed)
     ny, nx = grid.shape
     data = np.full((n, len(data_bands), ny, nx), np.nan, np.float32)
-    qa = {
-        spec.name: np.zeros((n, ny, nx), np.dtype(spec.dtype)) for spec in qa_bands
-    }  # filled below
+    qa = {spec.name: np.zeros((n, ny, nx), np.dtype(spec.dtype)) for spec in qa_bands}
     footprint = np.zeros((n, ny, nx), np.bool_)
-    for t, (_, item) in enumerate(timed):
+    for t in range(n):
         for b, spec in enumerate(data_bands):
-            index, pos = data_at[t][b]
-            data[t, b] = _physical(planes[index][pos], spec, profile, item)
+            index, pos = layout.data_at[t][b]
+            data[t, b] = _physical(planes[index][pos], spec, profile, scales[t][b])
         for q, spec in enumerate(qa_bands):
-            index, pos = qa_at[t][q]
-            raw = planes[index][pos]
-            fill = spec.nodata if spec.nodata is not None else 0
-            qa[spec.name][t] = np.where(np.isnan(raw), fill, raw).astype(np.dtype(spec.dtype))
-        ref = footprint_at[t]
-        if ref is None:
-            index, pos = qa_at[t][0]
+            index, pos = layout.qa_at[t][q]
+            qa[spec.name][t] = _raw_layer(planes[index][pos], spec)
+        ref = layout.footprint_at[t]
+        if ref is None:  # the first QA layer's nearest-neighbour validity
+            index, pos = layout.qa_at[t][0]
             footprint[t] = ~np.isnan(planes[index][pos])
         else:
             footprint[t] = planes[ref][0] > 0.5
@@ -464,6 +452,48 @@ def load_sensor(
     )
 
 
+@dataclass(slots=True)
+class _Layout:
+    """The requests of a load and where each output plane comes from.
+
+    ``data_at[t][b]`` and ``qa_at[t][q]`` are ``(request index, band position)``;
+    ``footprint_at[t]`` is a footprint request index, or None to use the first QA layer.
+    """
+
+    plan: _Plan
+    data_at: list[list[tuple[int, int]]]
+    qa_at: list[list[tuple[int, int]]]
+    footprint_at: list[int | None]
+
+
+def _layout(
+    items: Sequence[Mapping[str, Any]],
+    data_bands: Sequence[BandSpec],
+    qa_bands: Sequence[BandSpec],
+    shifts: Mapping[str, tuple[float, float]],
+    target_m: float,
+) -> _Layout:
+    layout = _Layout(_Plan([], {}), [], [], [])
+    for item in items:
+        shift = shifts.get(str(item["id"]), (0.0, 0.0))
+        layout.data_at.append(_plan_item(layout.plan, item, data_bands, shift, target_m))
+        layout.qa_at.append(_plan_item(layout.plan, item, qa_bands, shift, target_m))
+        if qa_bands:
+            layout.footprint_at.append(None)
+        else:
+            req = _band_source(item, data_bands[0], shift, target_m, footprint=True)
+            key = (req.item_id, req.asset_key, "footprint")
+            layout.footprint_at.append(layout.plan.add(key, req))
+    return layout
+
+
+def _raw_layer(raw: np.ndarray, band: BandSpec) -> np.ndarray:
+    """``(y, x)`` QA values in the band's dtype; the band's nodata (else 0) where NaN."""
+    fill = band.nodata if band.nodata is not None else 0
+    out: np.ndarray = np.where(np.isnan(raw), fill, raw).astype(np.dtype(band.dtype))
+    return out
+
+
 def _env_value(value: str | int | float | bool) -> str:
     if isinstance(value, bool):
         return "YES" if value else "NO"
@@ -471,10 +501,10 @@ def _env_value(value: str | int | float | bool) -> str:
 
 
 def _physical(
-    raw: np.ndarray, band: BandSpec, profile: SensorProfile, item: Mapping[str, Any]
+    raw: np.ndarray, band: BandSpec, profile: SensorProfile, scale_offset: tuple[float, float]
 ) -> np.ndarray:
     """``(y, x)`` float32 physical values of one warped band; NaN stays NaN."""
-    scale, offset = profile.scale_offset_for_item(band.name, item)
+    scale, offset = scale_offset
     values = raw * scale + offset
     if band.role is BandRole.BACKSCATTER and profile.radiometry.to_db:
         return db(values)

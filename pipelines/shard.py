@@ -42,6 +42,16 @@ logger = logging.getLogger(__name__)
 MAX_CORRECTABLE_SHIFT_M = 30.0
 #: Least phase-correlation peak ratio for a correction.
 MIN_SHIFT_CONFIDENCE = 3.0
+#: Shifts below this fraction of the moving sensor's pixel are not worth a re-warp.
+MIN_CORRECTION_PX = 0.05
+
+
+def _applies(shift: ShiftResult | None, resolution_m: float) -> bool:
+    """Whether a shift estimate is corrected: confident, within bounds and not negligible."""
+    if shift is None or not decide(shift, MAX_CORRECTABLE_SHIFT_M, MIN_SHIFT_CONFIDENCE):
+        return False
+    magnitude = shift.magnitude_m
+    return magnitude is not None and magnitude >= MIN_CORRECTION_PX * resolution_m
 
 
 @dataclass(frozen=True)
@@ -175,7 +185,7 @@ def _coregister(
             continue
         result = estimate_tile_shift(ref_stack, moving, pair[0], pair[1])
         out[sp.sensor] = result
-        if decide(result, MAX_CORRECTABLE_SHIFT_M, MIN_SHIFT_CONFIDENCE):
+        if _applies(result, sp.resolution_m):
             assert result.dx_m is not None and result.dy_m is not None
             correction = (-result.dx_m, -result.dy_m)
             shifts = {str(it["id"]): correction for it in tile_items[sp.sensor]}
@@ -203,7 +213,7 @@ def _record(
     observations = []
     for sensor, st in stacks.items():
         shift = shifts.get(sensor)
-        applied = shift is not None and decide(shift, MAX_CORRECTABLE_SHIFT_M, MIN_SHIFT_CONFIDENCE)
+        applied = _applies(shift, st.resolution_m)
         observations.append(
             SensorObservation(
                 sensor=sensor,
