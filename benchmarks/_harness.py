@@ -75,8 +75,15 @@ def with_ratios(results: list[Measurement]) -> list[Measurement]:
                 ratio = base.median_s / m.median_s
         out.append(
             Measurement(
-                m.bench, m.case, m.baseline, m.median_s, m.repeats, m.unit_count, m.unit,
-                ratio, m.extra,
+                m.bench,
+                m.case,
+                m.baseline,
+                m.median_s,
+                m.repeats,
+                m.unit_count,
+                m.unit,
+                ratio,
+                m.extra,
             )
         )
     return out

@@ -189,7 +189,8 @@ def _run(recipe: Recipe, dask_address: str | None) -> dict[str, Any]:
         done = committed_shards(cube)
         todo = [s for s in plan.shards if s.id not in done]
         summary.shards_skipped = len(plan.shards) - len(todo)
-        results = _submit_all(str(plan_path), str(cube), todo, run_id)
+        runner = _task_runner(recipe, dask_address)
+        results = _submit_all(runner, str(plan_path), str(cube), todo, run_id)
     for r in results:
         summary.shards_built += 1
         summary.skipped_scenes.extend(r["skipped"])
@@ -201,15 +202,43 @@ def _run(recipe: Recipe, dask_address: str | None) -> dict[str, Any]:
     return summary.to_dict()
 
 
-def _submit_all(plan_path: str, cube: str, todo: list[Any], run_id: str) -> list[dict[str, Any]]:
-    """Run the shard tasks on the flow's task runner and wait (a failure fails the build)."""
-    futures = [build_shard_task.submit(plan_path, cube, s.id, s.period_id, run_id) for s in todo]
-    return [f.result() for f in futures]
+def _submit_all(
+    runner: DaskTaskRunner, plan_path: str, cube: str, todo: list[Any], run_id: str
+) -> list[dict[str, Any]]:
+    """Run the shard tasks on Dask through ``runner`` and wait (a failure fails the build).
+
+    The runner depends on the recipe and ``--dask-address``, known only inside the flow, so it
+    is entered here rather than given to ``@flow`` (whose default runner is Prefect's thread pool).
+    """
+    if not todo:
+        return []
+    with runner:
+        futures = [
+            runner.submit(
+                build_shard_task,
+                parameters={
+                    "plan_path": plan_path,
+                    "cube": cube,
+                    "shard_id": s.id,
+                    "period_id": s.period_id,
+                    "run_id": run_id,
+                },
+            )
+            for s in todo
+        ]
+        return [f.result() for f in futures]
 
 
 def run_build(
     recipe_path: str | os.PathLike[str], dask_address: str | None = None
 ) -> dict[str, Any]:
-    """Run :func:`build_dataset` (what ``eoforge build`` calls)."""
+    """Run :func:`build_dataset` (what ``eoforge build`` calls).
+
+    The recipe is validated before Prefect starts, so a bad recipe fails fast with the field.
+    """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    return build_dataset(str(recipe_path), dask_address)
+    # The ephemeral API needs ~10-20 s on 2 busy cores; Prefect's default wait (20 s) is short.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    load_recipe(recipe_path)
+    result: dict[str, Any] = build_dataset(str(recipe_path), dask_address)
+    return result

@@ -4,15 +4,24 @@ Each server runs as a child process in its own session (so a Ctrl-C in a termina
 the parent, which stops the children in order) with its output in a log file whose tail goes into
 error messages. A port picked by :func:`free_port` can be taken by someone else before the child
 binds it, so :func:`start_with_port_retry` retries on "address already in use".
+
+A child in its own session does not receive signals sent to the parent's process group, so on
+Linux each child also asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``):
+a parent killed with SIGKILL (an OOM kill, a killed build) leaves no orphaned servers. The kernel
+sends it when the parent *thread* that started the child ends, so start a child from a thread
+that outlives it (the main thread, or the thread that also stops it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +43,36 @@ logger = logging.getLogger(__name__)
 
 _PORT_TRIES = 5
 _LOG_TAIL_LINES = 15
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _prctl() -> Callable[..., int] | None:
+    """The C library's ``prctl`` on Linux (resolved once, in the parent), else ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return func
+
+
+_PRCTL = _prctl()
+
+
+def _die_with_parent_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the child get SIGTERM when this process (thread) dies."""
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec: no locks, no imports
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -81,6 +120,7 @@ class ChildProcess:
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 start_new_session=True,
+                preexec_fn=_die_with_parent_preexec(),
             )
         logger.debug("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
         return cls(name, proc, log_path)
