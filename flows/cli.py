@@ -5,6 +5,8 @@ Verbs that exist are registered here; each group lives in its own ``cli_*`` modu
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from flows._cli_common import console
@@ -59,4 +61,8 @@ def demo() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # Before Prefect is imported: no analytics, and a start-up wait for the ephemeral API that
+    # holds on 2 busy cores (Prefect's default of 20 s does not).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     app()

@@ -52,6 +52,7 @@ def tiny_build(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         **os.environ,
         "PREFECT_HOME": str(work / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
     }
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run(
@@ -148,6 +149,7 @@ def test_summary_and_every_group_opens_with_named_dims(tiny_build: dict[str, Any
     [
         ("sentinel-2-l2a", "sentinel-2-l2a", 10.0, ("B02", "B04", "B8A", "B11")),
         ("landsat-c2-l2", "landsat-c2-l2", 30.0, ("SR_B2", "SR_B4", "SR_B5")),
+        ("enmap-l2a", "ENMAP_HSI_L2A", 30.0, ("B010", "B048", "B090", "B200")),
     ],
 )
 def test_optical_pixels_equal_independent_warp(
@@ -170,16 +172,18 @@ def test_optical_pixels_equal_independent_warp(
             shift = (-obs["shift_dx_m"], -obs["shift_dy_m"])
         for name in bands:
             spec = profile.band(name)
-            scale, offset = profile.scale_offset(name, item["properties"])
+            scale, offset = profile.scale_offset_for_item(name, item)
             native = spec.resolution_m
             resampling = Resampling.average if native < res else Resampling.bilinear
-            dn = _oracle(archive, item, spec.asset_key, tile, res, resampling, shift)
+            dn = _oracle(
+                archive, item, spec.asset_key, tile, res, resampling, shift, spec.asset_band or 1
+            )
             expected = dn * scale + offset
             got = data[cube_bands.index(name)]
             diff = np.abs(got[valid] - expected[valid])
             assert diff.max() <= REFL_TOL, (row["id"], name, float(diff.max()))
         checked += 1
-    assert checked >= 5, f"only {checked} planes of {sensor} were checked"
+    assert checked >= 3, f"only {checked} planes of {sensor} were checked"
 
 
 def test_sentinel1_composite_equals_linear_warp_then_db(tiny_build: dict[str, Any]) -> None:
