@@ -183,6 +183,10 @@ _TRANSIENT = re.compile(
 )
 
 
+#: A block read that got fewer bytes than the file promised.
+_SHORT_READ = re.compile(r"got \d+ bytes, expected \d+|read error at|short read", re.IGNORECASE)
+
+
 def _message_chain(exc: BaseException) -> str:
     texts: list[str] = []
     seen: set[int] = set()
@@ -582,6 +586,10 @@ def _with_retries(
                 return work(ds)
         except RasterioError as exc:
             kind, text = classify_io_error(exc)
+            if kind == "corrupt" and _is_remote(request.href) and _SHORT_READ.search(text):
+                # Over HTTP a short block read means the transfer broke (server gone, connection
+                # dropped: GDAL logs response_code=0), not that the file is damaged.
+                kind = "transient"
             ids = {"item_id": request.item_id, "asset_key": request.asset_key}
             if kind == "missing":
                 raise AssetMissingError(

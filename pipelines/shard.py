@@ -162,8 +162,12 @@ def _coregister(
     stacks: dict[str, PeriodStack],
     tile_items: Mapping[str, list[dict[str, Any]]],
     skipped: list[SkippedScene],
+    applied: set[str],
 ) -> dict[str, ShiftResult]:
-    """Estimate every non-reference sensor's shift; re-load it corrected when confident."""
+    """Estimate every non-reference sensor's shift; re-load it corrected when confident.
+
+    Sensors whose stored planes were re-loaded with the correction are added to ``applied``.
+    """
     ref_plan = next((s for s in plan.sensors if s.reference), None)
     out: dict[str, ShiftResult] = {}
     if ref_plan is None or ref_plan.sensor not in stacks:
@@ -190,8 +194,12 @@ def _coregister(
             correction = (-result.dx_m, -result.dy_m)
             shifts = {str(it["id"]): correction for it in tile_items[sp.sensor]}
             corrected = _period_stack(sp, tile, period, tile_items[sp.sensor], skipped, shifts)
-            if corrected is not None:
+            if corrected is not None and corrected.sources == moving.sources:
                 stacks[sp.sensor] = corrected
+                applied.add(sp.sensor)
+            else:
+                # The corrected re-load lost a scene: keep the uncorrected planes, say so.
+                logger.warning("shift of %s on %s measured but not applied", sp.sensor, tile.id)
     return out
 
 
@@ -207,13 +215,13 @@ def _record(
     task: ShardTask,
     stacks: Mapping[str, PeriodStack],
     shifts: Mapping[str, ShiftResult],
+    applied: set[str],
     finest_m: float,
 ) -> TileRecord:
     footprint = tile.footprint_wgs84()
     observations = []
     for sensor, st in stacks.items():
         shift = shifts.get(sensor)
-        applied = _applies(shift, st.resolution_m)
         observations.append(
             SensorObservation(
                 sensor=sensor,
@@ -223,7 +231,7 @@ def _record(
                 valid_fraction=st.valid_fraction,
                 shift_dy_m=shift.dy_m if shift is not None else None,
                 shift_dx_m=shift.dx_m if shift is not None else None,
-                shift_applied=applied,
+                shift_applied=sensor in applied,
             )
         )
     t: Affine = tile.transform(finest_m)
@@ -271,10 +279,11 @@ def build_shard(plan: BuildPlan, task: ShardTask) -> ShardBuild:
             st = _period_stack(sp, tile, period, items, skipped)
             if st is not None:
                 stacks[sp.sensor] = st
-        tile_shifts = _coregister(plan, tile, period, stacks, tile_items, skipped)
+        applied: set[str] = set()
+        tile_shifts = _coregister(plan, tile, period, stacks, tile_items, skipped, applied)
         results[tile.id] = stacks
         shifts[tile.id] = tile_shifts
         records.append(
-            _record(tile, period, shard.start + offset, task, stacks, tile_shifts, finest)
+            _record(tile, period, shard.start + offset, task, stacks, tile_shifts, applied, finest)
         )
     return ShardBuild(task, shard, results, shifts, records, skipped)
