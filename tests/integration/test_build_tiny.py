@@ -252,3 +252,31 @@ def test_injected_landsat_shifts_are_corrected_within_02_px(tiny_build: dict[str
         assert residual_px <= MAX_RESIDUAL_PX, (row["id"], obs["shift_dx_m"], dx)
         applied += 1
     assert applied >= 5, "too few tiles had a confident co-registration"
+
+
+def test_sentinel2_masks_follow_scl(tiny_build: dict[str, Any]) -> None:
+    """SCL cloud/shadow/cirrus classes are never valid; clear classes away from them are."""
+    from scipy import ndimage
+
+    cube, archive = tiny_build["cube"], tiny_build["archive"]
+    items = _items(archive, "sentinel-2-l2a")
+    invalid_seen = valid_seen = 0
+    for row in _rows(cube):
+        obs = _obs(row, "sentinel-2-l2a")
+        if obs is None or len(obs["item_ids"]) != 1:
+            continue
+        item = items[obs["item_ids"][0]]
+        tile = Tile.from_id(row["tile_id"], TILE_M)
+        _, mask, _ = _cube_plane(cube, "sentinel-2-l2a", row["cube_position"])
+        scl = _oracle(archive, item, "SCL", tile, 10.0, Resampling.nearest).astype(np.uint8)
+        observed = (mask & MaskBit.NODATA) == 0
+        bad = np.isin(scl, [3, 8, 9, 10]) & observed
+        # The recipe dilates cloud and shadow by 20 m (2 px): clear means 3 px away from them.
+        near_bad = ndimage.binary_dilation(np.isin(scl, [3, 8, 9, 10]), iterations=3)
+        clear = np.isin(scl, [4, 5, 6]) & ~near_bad & observed
+        assert not np.any(mask[bad] & MaskBit.VALID), row["id"]
+        assert np.all(mask[clear] & MaskBit.VALID), row["id"]
+        assert np.all(mask[np.isin(scl, [8, 9]) & observed] & MaskBit.CLOUD), row["id"]
+        invalid_seen += int(bad.sum())
+        valid_seen += int(clear.sum())
+    assert invalid_seen > 100 and valid_seen > 1000
