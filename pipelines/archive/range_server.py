@@ -276,11 +276,13 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
                 chunk = fh.read(min(_CHUNK, remaining))
                 if not chunk:
                     break
+                # Counted before the write: a client holding these bytes always sees them
+                # counted (counting after let a fast client read the counter too early).
+                self.server.count(len(chunk))
                 self.wfile.write(chunk)
                 remaining -= len(chunk)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        self.server.count(length - remaining)
 
 
 class RangeFileServer:
