@@ -39,6 +39,7 @@ from schemas.recipe_io import (
 )
 from schemas.recipe_labels import (
     CorineLabels,
+    CorineRasterCoding,
     LabelSource,
     Nomenclature,
     OsmClassRule,
@@ -70,6 +71,7 @@ __all__ = [
     "Aoi",
     "Codec",
     "CorineLabels",
+    "CorineRasterCoding",
     "CustomPeriod",
     "ExecutionConfig",
     "GridConfig",
@@ -236,6 +238,26 @@ class Recipe(RecipeModel):
                     )
                 )
             first.setdefault(label.name, i)
+        resolutions = {label.resolution for label in self.labels}
+        if len(resolutions) > 1:
+            problems.append(
+                (
+                    "labels",
+                    "label sources have different resolutions "
+                    f"{sorted(str(r) for r in resolutions)} (they share one pixel grid)",
+                    "give every label source the same resolution, or none",
+                )
+            )
+        for i, label in enumerate(self.labels):
+            if label.resolution is not None and self.grid.tile_size % label.resolution > 1e-9:
+                problems.append(
+                    (
+                        f"labels[{i}].resolution",
+                        f"{label.resolution:g} m does not divide the tile size "
+                        f"{self.grid.tile_size} m",
+                        "choose a resolution that divides grid.tile_size",
+                    )
+                )
         return problems
 
     @property

@@ -2,8 +2,12 @@
 
 Part of the recipe schema; import the public names from :mod:`schemas.recipe`.
 
-Every source becomes ``labels/<name>`` in the cube: a per-pixel class index where 0 is background
-and 255 is "unknown / no data", rasterised on the finest sensor grid of the tile.
+Every source becomes ``labels/<name>`` in the cube: a per-pixel class index (uint8) rasterised per
+tile at the label resolution (default: the finest sensor resolution), 255 = no data (outside the
+source). Index 0 is ``UNLABELED`` for CORINE (code 999, or a code the nomenclature drops) and
+``background`` (no feature) for OSM and generic vector files. Per tile the build also stores the
+class fractions, the multi-labels (classes above ``multilabel_threshold``) and the unlabeled
+fraction; tiles above ``max_unlabeled`` are flagged.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from schemas.recipe_common import RecipeModel, fail, resolve_local
 
 __all__ = [
     "CorineLabels",
+    "CorineRasterCoding",
     "LabelSource",
     "Nomenclature",
     "OsmClassRule",
@@ -71,18 +76,61 @@ class _VectorSource(RecipeModel):
             "inside (as CORINE rasters and BigEarthNet do)."
         ),
     )
+    resolution: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Label pixel size in metres; must divide grid.tile_size. Default: the finest sensor "
+            "resolution. All label sources of a recipe share one resolution."
+        ),
+    )
+    multilabel_threshold: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "A class is in a tile's multi-labels when its share of the tile's labelled pixels "
+            "is above this (0: present at any pixel, as BigEarthNet)."
+        ),
+    )
+    max_unlabeled: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description=(
+            "Flag tiles whose unlabeled + no-data share reaches this (reBEN dropped >= 0.25); "
+            "flagged tiles stay in the cube and are marked in the catalog. Default: no flag."
+        ),
+    )
 
     def with_resolved_paths(self, base: Path) -> Self:
         """This source with a relative ``path`` made absolute against ``base``."""
         return self.model_copy(update={"path": resolve_local(self.path, base)})
 
 
-class CorineLabels(_VectorSource):
-    """CORINE Land Cover polygons with a 3-digit code attribute."""
+class CorineRasterCoding(StrEnum):
+    """How a CLC raster encodes classes."""
 
-    kind: Literal["corine"] = Field(description="CORINE Land Cover polygons.")
+    AUTO = "auto"
+    """Decide from the raster's value range (3-digit codes if any value is above 100)."""
+    GRID_CODE = "grid_code"
+    """Values 1..44 are the level-3 codes in ascending order, 48 = no data (CLC2018 V2020)."""
+    CODE = "code"
+    """Values are the 3-digit codes, 999 = no data (older v20 rasters)."""
+
+
+class CorineLabels(_VectorSource):
+    """CORINE Land Cover: polygons with a 3-digit code attribute, or the CLC raster (.tif)."""
+
+    kind: Literal["corine"] = Field(description="CORINE Land Cover polygons or raster.")
     code_field: str = Field(
-        default="Code_18", min_length=1, description="Attribute holding the 3-digit CLC code."
+        default="Code_18",
+        min_length=1,
+        description="Attribute holding the 3-digit CLC code (vector files only).",
+    )
+    raster_coding: CorineRasterCoding = Field(
+        default=CorineRasterCoding.AUTO,
+        description="Value coding of a CLC raster (.tif/.tiff paths only): auto, grid_code, code.",
     )
     nomenclature: Nomenclature = Field(
         default=Nomenclature.CLC44,
@@ -96,7 +144,20 @@ class OsmClassRule(RecipeModel):
     name: str = Field(pattern=_NAME_PATTERN, description="Class name, e.g. building.")
     tags: list[Annotated[str, Field(pattern=_TAG_PATTERN)]] = Field(
         min_length=1,
-        description="Tag selectors, 'key=value' or 'key=*', e.g. ['building=*'].",
+        description=(
+            "Tag selectors, 'key=value', 'key=v1|v2' or 'key=*', e.g. ['building=*']; a "
+            "feature matching any selector is in the class."
+        ),
+    )
+    width: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description=(
+            "Line features (roads, rivers) are buffered to this total width in metres before "
+            "burning; a feature's own numeric 'width' tag wins. Default: lines are not "
+            "buffered (burnt one pixel wide, all_touched)."
+        ),
     )
 
 
@@ -107,8 +168,9 @@ class OsmLabels(_VectorSource):
     classes: list[OsmClassRule] | None = Field(
         default=None,
         description=(
-            "Classes in burn order (later ones win; class index = position + 1). Default: "
-            "eoforge's scheme (water, vegetation, roads, railways, buildings)."
+            "Classes in burn order, the priority for overlaps (later ones win; class index = "
+            "position + 1, 0 = background). Default: eoforge's scheme (water, vegetation, "
+            "roads, railways, buildings)."
         ),
     )
 
