@@ -26,6 +26,9 @@ __all__ = [
 
 #: Default split block edge, in tiles, when ``split.block_size`` is not given.
 DEFAULT_BLOCK_TILES = 10
+#: Target ring-cell edge in metres when ``split.cell_size`` is not given (reBEN-style 100 km);
+#: the cell used is the nearest whole number of tiles (at least one).
+DEFAULT_CELL_M = 100_000
 _DASK_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
 
 
@@ -57,6 +60,8 @@ class SplitMethod(StrEnum):
     """Whole square blocks of tiles go to one split (geographic, no leakage between neighbours)."""
     RANDOM = "random"
     """Each tile independently (neighbouring tiles can leak information between splits)."""
+    RING = "ring"
+    """reBEN-style: square cells with a test core, a val ring around it and a train outer ring."""
 
 
 class SplitFractions(RecipeModel):
@@ -83,7 +88,12 @@ class SplitConfig(RecipeModel):
 
     method: SplitMethod = Field(
         default=SplitMethod.BLOCK,
-        description="block: square blocks of tiles (geographic, leakage-free); random: per tile.",
+        description=(
+            "block: square blocks of tiles, each block one split (geographic); ring: square "
+            "cells (reBEN-style) with test in a central square, val in the ring around it and "
+            "train in the outer ring; random: per tile (neighbouring tiles leak between splits). "
+            "block and ring turn test tiles that touch a train tile into val."
+        ),
     )
     fractions: SplitFractions = Field(
         default_factory=SplitFractions, description="Shares of train, val and test."
@@ -92,25 +102,79 @@ class SplitConfig(RecipeModel):
         default=None,
         gt=0,
         description=(
-            "Block edge in metres for method 'block'; a multiple of grid.tile_size. "
+            "Block edge in metres for method 'block' only; a multiple of grid.tile_size. "
             f"Default: {DEFAULT_BLOCK_TILES} tiles."
         ),
     )
-    seed: int = Field(default=0, ge=0, description="Seed of the assignment.")
+    cell_size: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Cell edge in metres for method 'ring' only; a multiple of grid.tile_size. Inside "
+            "each cell the central square (side cell_size*sqrt(test)) is test and the ring out "
+            "to side cell_size*sqrt(test+val) is val. Default: the whole number of tiles "
+            f"nearest to {DEFAULT_CELL_M // 1000} km."
+        ),
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Seed of the assignment: picks the split of each block (block), of each tile "
+            "(random) or the offset of the cell grid (ring)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.method is SplitMethod.RANDOM and self.block_size is not None:
+        if self.method is not SplitMethod.BLOCK and self.block_size is not None:
             fail(
                 "block_size is only used by method 'block'",
                 "block_size",
                 "remove split.block_size or use method: block",
+            )
+        if self.method is not SplitMethod.RING and self.cell_size is not None:
+            fail(
+                "cell_size is only used by method 'ring'",
+                "cell_size",
+                "remove split.cell_size or use method: ring",
             )
         return self
 
     def block_size_m(self, tile_size: int) -> int:
         """The block edge in metres: ``block_size``, or the default number of tiles."""
         return self.block_size if self.block_size is not None else DEFAULT_BLOCK_TILES * tile_size
+
+    def cell_size_m(self, tile_size: int) -> int:
+        """The ring-cell edge in metres: ``cell_size``, or the tiles nearest to 100 km."""
+        if self.cell_size is not None:
+            return self.cell_size
+        return max(1, round(DEFAULT_CELL_M / tile_size)) * tile_size
+
+    def grid_problems(self, tile_size: int) -> list[tuple[str, str, str]]:
+        """Fields that do not fit a tile size, as ``(field, reason, fix)``; empty when none.
+
+        Args:
+            tile_size: ``grid.tile_size`` in metres.
+
+        Returns:
+            One entry per offending field (``block_size``, ``cell_size``), the field path
+            relative to this model.
+        """
+        problems: list[tuple[str, str, str]] = []
+        for name, value, unit in (
+            ("block_size", self.block_size, "block"),
+            ("cell_size", self.cell_size, "cell"),
+        ):
+            if value is not None and value % tile_size:
+                problems.append(
+                    (
+                        name,
+                        f"{value} m is not a multiple of grid.tile_size {tile_size} m",
+                        f"make the {unit} a whole number of tiles",
+                    )
+                )
+        return problems
 
 
 class Codec(StrEnum):
