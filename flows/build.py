@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,12 @@ from prefect import flow, task
 from prefect.client.schemas.objects import State, TaskRun
 from prefect_dask.task_runners import DaskTaskRunner
 
-from catalog.writer import CatalogWriter, committed_shards
+from catalog.writer import CatalogWriter, committed_shards, read_records
 from pipelines.archive.serve import serve_archive
+from pipelines.grid import TileGrid
 from pipelines.plan import BuildPlan, cube_layout, make_plan
 from pipelines.shard import build_shard
+from pipelines.splits import leakage_report, split_warnings
 from pipelines.write import open_or_create_cube, write_shard
 from schemas.cube import CubeLayout
 from schemas.errors import TransientError
@@ -74,7 +77,14 @@ def build_shard_task(
     group = zarr.open_group(cube, mode="r+", use_consolidated=False)
     layout = CubeLayout.from_root_attrs(dict(group.attrs))
     built = build_shard(plan, shard_task)
-    write_shard(group, layout, built.shard, built.results, period_id=shard_task.period_id)
+    write_shard(
+        group,
+        layout,
+        built.shard,
+        built.results,
+        labels=built.writer_labels(),
+        period_id=shard_task.period_id,
+    )
     CatalogWriter(cube).commit_shard(shard_id, built.records, run_id)
     return {
         "shard": shard_id,
@@ -104,6 +114,10 @@ class BuildSummary:
     seconds: float = 0.0
     searches: list[str] = field(default_factory=list)
     skipped_scenes: list[dict[str, str]] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)
+    leakage: dict[str, Any] = field(default_factory=dict)
+    label_flagged: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -194,12 +208,41 @@ def _run(recipe: Recipe, dask_address: str | None) -> dict[str, Any]:
     for r in results:
         summary.shards_built += 1
         summary.skipped_scenes.extend(r["skipped"])
+    _split_and_label_summary(summary, cube, recipe)
     # Readers (xarray.open_zarr) open the cube in one request instead of one per array.
     zarr.consolidate_metadata(str(cube))
     summary.bytes_on_disk = _du(cube)
     summary.seconds = round(time.perf_counter() - t0, 2)
     CatalogWriter(cube).finish_run(run_id, summary.to_dict())
     return summary.to_dict()
+
+
+def _split_and_label_summary(summary: BuildSummary, cube: Path, recipe: Recipe) -> None:
+    """Split counts, the leakage report, flagged tiles and split warnings over the whole cube."""
+    table = read_records(cube)
+    first: dict[str, dict[str, Any]] = {}
+    for row in table.select(["tile_id", "split", "label_flags", "multilabels"]).to_pylist():
+        first.setdefault(row["tile_id"], row)
+    splits = {tid: row["split"] for tid, row in first.items() if row["split"]}
+    summary.splits = dict(sorted(Counter(splits.values()).items()))
+    flagged: Counter[str] = Counter()
+    for row in first.values():
+        flagged.update(row["label_flags"] or ())
+    summary.label_flagged = dict(sorted(flagged.items()))
+    grid = TileGrid(float(recipe.grid.tile_size), (float(recipe.grid.tile_size),))
+    tiles = [grid.tile_from_id(tid) for tid in sorted(splits)]
+    # Per-class tile counts per split: a tile counts once for every class in its multi-labels.
+    class_counts = {
+        tid: {
+            f"{source}:{name}": 1.0
+            for source, names in (row["multilabels"] or [])
+            for name in names
+        }
+        for tid, row in first.items()
+        if tid in splits
+    }
+    summary.leakage = leakage_report(tiles, splits, class_counts).to_dict()
+    summary.warnings = list(split_warnings(recipe.split, recipe.grid.tile_size))
 
 
 def _submit_all(

@@ -46,6 +46,17 @@ def register(app: typer.Typer) -> None:
         ):
             table.add_row(key, str(summary[key]))
         table.add_row("skipped scenes", str(len(summary["skipped_scenes"])))
+        if summary.get("splits"):
+            table.add_row(
+                "splits (tiles)", ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+            )
+            distance = summary.get("leakage", {}).get("min_test_train_distance_m")
+            if distance is not None:
+                table.add_row("min test-train distance", f"{distance:g} m")
+        for source, n in summary.get("label_flagged", {}).items():
+            table.add_row(f"flagged ({source})", f"{n} tiles above max_unlabeled")
         console.print(table)
         for line in summary["searches"]:
             console.print(f"  search: {line}", highlight=False)
+        for line in summary.get("warnings", []):
+            console.print(f"  [yellow]warning:[/yellow] {line}")

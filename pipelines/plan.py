@@ -19,16 +19,18 @@ from shapely.geometry import shape
 
 from pipelines.grid import Tile, TileGrid, shards, tiles_for_aoi
 from pipelines.search import SearchResult, search_sensor_detailed
-from schemas.cube import CodecSpec, CubeLayout, SensorLayout
+from schemas.cube import CodecSpec, CubeLayout, LabelLayout, SensorLayout
 from schemas.errors import InvalidInputError, NotFoundError
 from schemas.profiles import BandRole, SensorProfile, get_profile
-from schemas.recipe import Period, Recipe, SensorConfig
+from schemas.recipe import LabelSource, Period, Recipe, SensorConfig, SplitConfig
 
 __all__ = [
     "BuildPlan",
     "SensorPlan",
     "ShardTask",
     "cube_layout",
+    "label_layouts",
+    "label_resolution",
     "make_plan",
     "sensor_layout",
 ]
@@ -95,8 +97,31 @@ def sensor_layout(cfg: SensorConfig, profile: SensorProfile) -> SensorLayout:
     )
 
 
+def label_layouts(recipe: Recipe) -> list[LabelLayout]:
+    """One :class:`LabelLayout` per label source; class names come from its reader."""
+    from pipelines.labels import open_reader
+
+    resolution = label_resolution(recipe)
+    return [
+        LabelLayout(
+            source=src.name,
+            class_names=tuple(open_reader(src).class_names),
+            dtype="uint8",
+            nodata=255,
+            resolution_m=resolution,
+        )
+        for src in recipe.labels
+    ]
+
+
+def label_resolution(recipe: Recipe) -> float:
+    """Label pixel size: the sources' ``resolution``, else the finest sensor resolution."""
+    given = {src.resolution for src in recipe.labels if src.resolution is not None}
+    return float(given.pop()) if given else float(min(s.resolution for s in recipe.sensors))
+
+
 def cube_layout(recipe: Recipe) -> CubeLayout:
-    """The cube layout a recipe asks for (labels come with the labels stage)."""
+    """The cube layout a recipe asks for: sensor groups, ``labels`` and ``tiles``."""
     sensors = [sensor_layout(s, _profile(s)) for s in recipe.sensors]
     codec = CodecSpec(
         name=recipe.output.codec.value,
@@ -108,6 +133,7 @@ def cube_layout(recipe: Recipe) -> CubeLayout:
         tile_size_m=float(recipe.grid.tile_size),
         tiles_per_shard=recipe.output.tiles_per_shard,
         codec=codec,
+        labels=label_layouts(recipe),
     )
 
 
@@ -186,7 +212,11 @@ class ShardTask:
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """Everything a shard task needs, as data."""
+    """Everything a shard task needs, as data.
+
+    ``labels`` are the recipe's label sources (``model_dump(mode="json")``, paths resolved),
+    ``label_resolution_m`` their pixel size and ``split`` the recipe's split config.
+    """
 
     recipe_name: str
     recipe_digest: str
@@ -195,6 +225,19 @@ class BuildPlan:
     periods: tuple[tuple[str, str, str], ...]
     sensors: tuple[SensorPlan, ...]
     shards: tuple[ShardTask, ...]
+    labels: tuple[dict[str, Any], ...] = ()
+    label_resolution_m: float | None = None
+    split: dict[str, Any] = field(default_factory=dict)
+
+    def label_sources(self) -> list[LabelSource]:
+        """The label sources as recipe models."""
+        from pipelines.labels import source_from_json
+
+        return [source_from_json(d) for d in self.labels]
+
+    def split_config(self) -> SplitConfig:
+        """The split config as a recipe model."""
+        return SplitConfig.model_validate(self.split)
 
     @property
     def n_positions(self) -> int:
@@ -249,6 +292,9 @@ class BuildPlan:
             periods=tuple((p[0], p[1], p[2]) for p in raw["periods"]),
             sensors=sensors,
             shards=shards_,
+            labels=tuple(raw.get("labels", ())),
+            label_resolution_m=raw.get("label_resolution_m"),
+            split=raw.get("split", {}),
         )
 
 
@@ -333,4 +379,7 @@ def make_plan(
         periods=tuple((p.id, p.start.isoformat(), p.end.isoformat()) for p in periods),
         sensors=tuple(sensor_plans),
         shards=tuple(tasks),
+        labels=tuple(src.model_dump(mode="json") for src in recipe.labels),
+        label_resolution_m=label_resolution(recipe) if recipe.labels else None,
+        split=recipe.split.model_dump(mode="json"),
     )

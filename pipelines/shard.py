@@ -1,4 +1,4 @@
-"""Build the stacks of one shard: load -> masks -> temporal -> co-registration, per tile.
+"""Build one shard: load -> masks -> temporal -> co-registration per tile, then labels, splits.
 
 This is the pixel work of one shard task; the flow wraps it in a Prefect task, writes the result
 with :func:`pipelines.write.write_shard` and then commits the catalog rows. Everything here is
@@ -24,11 +24,14 @@ from shapely import to_wkb
 from pipelines._warp import BrokenAssetError
 from pipelines.coregister import ShiftResult, comparable_band, decide, estimate_tile_shift
 from pipelines.grid import Shard, Tile
+from pipelines.labels import TileLabel, label_tiles
 from pipelines.load import load_sensor
 from pipelines.masks import build_mask
 from pipelines.plan import BuildPlan, SensorPlan, ShardTask
+from pipelines.splits import assign_split
 from pipelines.stack import PeriodStack
 from pipelines.temporal import reduce_period
+from pipelines.write import TileLabels
 from schemas.profiles import BandSpec
 from schemas.recipe import Period
 from schemas.recipe_sensors import MaskRules
@@ -75,6 +78,7 @@ class ShardBuild:
         shifts: Tile id -> sensor -> the co-registration estimate (non-reference sensors).
         records: One catalog row per tile, in shard order.
         skipped: Scenes dropped because an asset was unreadable.
+        labels: Tile id -> label source -> class raster and summary (empty without labels).
     """
 
     task: ShardTask
@@ -83,6 +87,19 @@ class ShardBuild:
     shifts: dict[str, dict[str, ShiftResult]]
     records: list[TileRecord]
     skipped: list[SkippedScene] = field(default_factory=list)
+    labels: dict[str, dict[str, TileLabel]] = field(default_factory=dict)
+
+    def writer_labels(self) -> dict[str, dict[str, TileLabels]] | None:
+        """The labels as :func:`pipelines.write.write_shard` takes them (``None``: no labels)."""
+        if not self.labels:
+            return None
+        return {
+            tile_id: {
+                name: TileLabels(raster=lab.raster, multilabel=lab.summary.multilabel)
+                for name, lab in per_source.items()
+            }
+            for tile_id, per_source in self.labels.items()
+        }
 
 
 def grid_shard(plan: BuildPlan, task: ShardTask) -> Shard:
@@ -217,6 +234,8 @@ def _record(
     shifts: Mapping[str, ShiftResult],
     applied: set[str],
     finest_m: float,
+    labels: Mapping[str, TileLabel],
+    split: str,
 ) -> TileRecord:
     footprint = tile.footprint_wgs84()
     observations = []
@@ -248,6 +267,13 @@ def _record(
         cube_position=position,
         shard_id=task.id,
         sensors=tuple(sorted(observations, key=lambda o: o.sensor)),
+        split=split,
+        class_fractions={name: lab.summary.fractions for name, lab in labels.items()},
+        multilabels={name: lab.summary.multilabels for name, lab in labels.items()},
+        unlabeled_fractions={
+            name: lab.summary.unlabeled_fraction for name, lab in labels.items()
+        },
+        label_flags=tuple(name for name, lab in labels.items() if lab.summary.flagged),
     )
 
 
@@ -264,6 +290,12 @@ def build_shard(plan: BuildPlan, task: ShardTask) -> ShardBuild:
     shard = grid_shard(plan, task)
     period = plan.period(task.period_id)
     finest = min(s.resolution_m for s in plan.sensors)
+    if plan.label_resolution_m is not None:
+        finest = min(finest, plan.label_resolution_m)
+    labels: dict[str, dict[str, TileLabel]] = {}
+    if plan.labels and plan.label_resolution_m is not None:
+        labels = label_tiles(plan.label_sources(), shard.tiles, plan.label_resolution_m)
+    split_config = plan.split_config()
     results: dict[str, dict[str, PeriodStack]] = {}
     shifts: dict[str, dict[str, ShiftResult]] = {}
     records: list[TileRecord] = []
@@ -284,6 +316,17 @@ def build_shard(plan: BuildPlan, task: ShardTask) -> ShardBuild:
         results[tile.id] = stacks
         shifts[tile.id] = tile_shifts
         records.append(
-            _record(tile, period, shard.start + offset, task, stacks, tile_shifts, applied, finest)
+            _record(
+                tile,
+                period,
+                shard.start + offset,
+                task,
+                stacks,
+                tile_shifts,
+                applied,
+                finest,
+                labels.get(tile.id, {}),
+                assign_split(tile, split_config, plan.tile_size_m),
+            )
         )
-    return ShardBuild(task, shard, results, shifts, records, skipped)
+    return ShardBuild(task, shard, results, shifts, records, skipped, labels)

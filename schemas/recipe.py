@@ -161,15 +161,10 @@ class Recipe(RecipeModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
         problems = [*self._sensor_problems(), *self._label_problems()]
-        block = self.split.block_size
-        if block is not None and block % self.grid.tile_size:
-            problems.append(
-                (
-                    "split.block_size",
-                    f"{block} m is not a multiple of grid.tile_size {self.grid.tile_size} m",
-                    "make the block a whole number of tiles",
-                )
-            )
+        problems.extend(
+            (f"split.{field}", reason, fix)
+            for field, reason, fix in self.split.grid_problems(self.grid.tile_size)
+        )
         if problems:
             path, reason, fix = problems[0]
             raise PydanticCustomError(

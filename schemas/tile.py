@@ -109,8 +109,15 @@ class TileRecord:
         shard_id: Shard that holds the position (``s00000``...).
         sensors: One entry per sensor with data in this tile.
         split: ``train``/``val``/``test``, or ``None`` before split assignment.
-        class_fractions: Label source -> class name -> share of labelled pixels (later issue).
-        multilabels: Label source -> classes present (later issue).
+        class_fractions: Label source -> class name -> share of the tile's labelled pixels
+            (pixels neither no-data nor the source's ``UNLABELED`` class); classes absent from
+            the tile are left out.
+        multilabels: Label source -> classes whose share is above the source's
+            ``multilabel_threshold``, in class-index order (``UNLABELED`` never included).
+        unlabeled_fractions: Label source -> share of the tile's pixels that are no-data or
+            ``UNLABELED``.
+        label_flags: Label sources whose unlabeled share reaches the recipe's
+            ``max_unlabeled`` (reBEN drops such patches; eoforge keeps and flags them).
     """
 
     tile_id: str
@@ -128,6 +135,8 @@ class TileRecord:
     split: str | None = None
     class_fractions: Mapping[str, Mapping[str, float]] = field(default_factory=dict, hash=False)
     multilabels: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    unlabeled_fractions: Mapping[str, float] = field(default_factory=dict, hash=False)
+    label_flags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"tile record {self.tile_id}/{self.period_id}"
@@ -153,6 +162,8 @@ class TileRecord:
         for source, fractions in self.class_fractions.items():
             for name, value in fractions.items():
                 _check_fraction(where, f"class fraction {source}/{name}", value)
+        for source, value in self.unlabeled_fractions.items():
+            _check_fraction(where, f"unlabeled fraction {source}", value)
 
     @property
     def id(self) -> str:
@@ -193,6 +204,8 @@ class TileRecord:
                 for source, fractions in self.class_fractions.items()
             ],
             "multilabels": [(source, list(names)) for source, names in self.multilabels.items()],
+            "unlabeled_fractions": list(self.unlabeled_fractions.items()),
+            "label_flags": list(self.label_flags),
         }
 
     @classmethod
@@ -230,6 +243,8 @@ class TileRecord:
             split=row["split"],
             class_fractions={k: dict(v) for k, v in _pairs(row["class_fractions"])},
             multilabels={k: tuple(v) for k, v in _pairs(row["multilabels"])},
+            unlabeled_fractions=dict(_pairs(row.get("unlabeled_fractions"))),
+            label_flags=tuple(row.get("label_flags") or ()),
         )
 
 
@@ -313,6 +328,8 @@ def tile_record_arrow_schema() -> pa.Schema:
         pa.field("split", pa.string()),
         pa.field("class_fractions", pa.map_(pa.string(), pa.map_(pa.string(), pa.float64()))),
         pa.field("multilabels", pa.map_(pa.string(), list_of(pa.string()))),
+        pa.field("unlabeled_fractions", pa.map_(pa.string(), pa.float64())),
+        pa.field("label_flags", list_of(pa.string())),
     ]
     return pa.schema(fields, metadata={b"geo": json.dumps(geoparquet_metadata()).encode()})
 
