@@ -326,7 +326,7 @@ def build_shard(plan: BuildPlan, task: ShardTask) -> ShardBuild:
                 applied,
                 finest,
                 labels.get(tile.id, {}),
-                assign_split(tile, split_config, plan.tile_size_m),
+                assign_split(tile, split_config, round(plan.tile_size_m)),
             )
         )
     return ShardBuild(task, shard, results, shifts, records, skipped, labels)
