@@ -215,7 +215,8 @@ class BuildPlan:
     """Everything a shard task needs, as data.
 
     ``labels`` are the recipe's label sources (``model_dump(mode="json")``, paths resolved),
-    ``label_resolution_m`` their pixel size and ``split`` the recipe's split config.
+    ``label_resolution_m`` their pixel size, ``split`` the recipe's split config and
+    ``aoi_bbox`` the AOI's WGS84 bounds.
     """
 
     recipe_name: str
@@ -228,6 +229,7 @@ class BuildPlan:
     labels: tuple[dict[str, Any], ...] = ()
     label_resolution_m: float | None = None
     split: dict[str, Any] = field(default_factory=dict)
+    aoi_bbox: tuple[float, float, float, float] | None = None
 
     def label_sources(self) -> list[LabelSource]:
         """The label sources as recipe models."""
@@ -295,6 +297,7 @@ class BuildPlan:
             labels=tuple(raw.get("labels", ())),
             label_resolution_m=raw.get("label_resolution_m"),
             split=raw.get("split", {}),
+            aoi_bbox=tuple(raw["aoi_bbox"]) if raw.get("aoi_bbox") else None,
         )
 
 
@@ -382,4 +385,5 @@ def make_plan(
         labels=tuple(src.model_dump(mode="json") for src in recipe.labels),
         label_resolution_m=label_resolution(recipe) if recipe.labels else None,
         split=recipe.split.model_dump(mode="json"),
+        aoi_bbox=tuple(float(v) for v in aoi.bounds),  # type: ignore[arg-type]
     )

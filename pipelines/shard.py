@@ -270,9 +270,7 @@ def _record(
         split=split,
         class_fractions={name: lab.summary.fractions for name, lab in labels.items()},
         multilabels={name: lab.summary.multilabels for name, lab in labels.items()},
-        unlabeled_fractions={
-            name: lab.summary.unlabeled_fraction for name, lab in labels.items()
-        },
+        unlabeled_fractions={name: lab.summary.unlabeled_fraction for name, lab in labels.items()},
         label_flags=tuple(name for name, lab in labels.items() if lab.summary.flagged),
     )
 
@@ -294,7 +292,12 @@ def build_shard(plan: BuildPlan, task: ShardTask) -> ShardBuild:
         finest = min(finest, plan.label_resolution_m)
     labels: dict[str, dict[str, TileLabel]] = {}
     if plan.labels and plan.label_resolution_m is not None:
-        labels = label_tiles(plan.label_sources(), shard.tiles, plan.label_resolution_m)
+        labels = label_tiles(
+            plan.label_sources(),
+            shard.tiles,
+            plan.label_resolution_m,
+            prefetch_bbox=plan.aoi_bbox,
+        )
     split_config = plan.split_config()
     results: dict[str, dict[str, PeriodStack]] = {}
     shifts: dict[str, dict[str, ShiftResult]] = {}

@@ -40,9 +40,9 @@ class Nomenclature(StrEnum):
     """Class scheme CORINE codes are mapped to."""
 
     CLC44 = "clc44"
-    """The 44 CORINE level-3 classes (index = position of the code in ascending order)."""
+    """The 44 CORINE level-3 classes (index = GRID_CODE 1..44; 0 = UNLABELED, e.g. code 999)."""
     BIGEARTHNET19 = "bigearthnet19"
-    """The 19 BigEarthNet classes; codes outside them become unknown (255)."""
+    """The 19 BigEarthNet classes; codes reBEN drops (122, 131, 999...) become UNLABELED (0)."""
 
 
 def _default_name(data: dict[str, Any]) -> str:
@@ -169,8 +169,8 @@ class OsmLabels(_VectorSource):
         default=None,
         description=(
             "Classes in burn order, the priority for overlaps (later ones win; class index = "
-            "position + 1, 0 = background). Default: eoforge's scheme (water, vegetation, "
-            "roads, railways, buildings)."
+            "position + 1, 0 = background). Default: eoforge's scheme (vegetation, water, "
+            "roads, railways, buildings; see pipelines.labels.osm.DEFAULT_CLASSES)."
         ),
     )
 

@@ -41,8 +41,12 @@ def source_from_json(data: Mapping[str, Any]) -> LabelSource:
     return _SOURCE_ADAPTER.validate_python(dict(data))
 
 
+#: A WGS84 ``(west, south, east, north)`` box.
+BBox = tuple[float, float, float, float]
+
+
 @functools.lru_cache(maxsize=8)
-def _reader(kind: str, text: str) -> LabelReader:
+def _reader(kind: str, text: str, prefetch_bbox: BBox | None) -> LabelReader:
     source = source_from_json(json.loads(text))
     if isinstance(source, CorineLabels):
         from pipelines.labels.corine import CorineReader
@@ -51,7 +55,8 @@ def _reader(kind: str, text: str) -> LabelReader:
     if isinstance(source, OsmLabels):
         from pipelines.labels.osm import OsmReader
 
-        return OsmReader(source)
+        # The OSM driver has no spatial index: parse the whole AOI once, not once per shard.
+        return OsmReader(source, prefetch_bbox=prefetch_bbox)
     if isinstance(source, VectorLabels):
         from pipelines.labels.vector import VectorReader
 
@@ -59,10 +64,16 @@ def _reader(kind: str, text: str) -> LabelReader:
     raise TypeError(f"unknown label source kind {kind!r}")  # pragma: no cover
 
 
-def open_reader(source: LabelSource) -> LabelReader:
-    """The reader of one label source (cached per process: shards of a build share it)."""
+def open_reader(source: LabelSource, *, prefetch_bbox: BBox | None = None) -> LabelReader:
+    """The reader of one label source (cached per process: shards of a build share it).
+
+    Args:
+        source: A recipe label source (paths resolved).
+        prefetch_bbox: The build's AOI bounds in WGS84; readers of unindexed formats (OSM) read
+            this area once and serve every shard from it.
+    """
     text = json.dumps(source.model_dump(mode="json"), sort_keys=True)
-    return _reader(source.kind, text)
+    return _reader(source.kind, text, prefetch_bbox)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +90,11 @@ class TileLabel:
 
 
 def label_tiles(
-    sources: Sequence[LabelSource], tiles: Sequence[Tile], resolution_m: float
+    sources: Sequence[LabelSource],
+    tiles: Sequence[Tile],
+    resolution_m: float,
+    *,
+    prefetch_bbox: BBox | None = None,
 ) -> dict[str, dict[str, TileLabel]]:
     """Rasterise and summarise every label source on every tile.
 
@@ -87,13 +102,14 @@ def label_tiles(
         sources: The recipe's label sources (paths resolved).
         tiles: The tiles of one shard.
         resolution_m: Label pixel size (divides the tile size).
+        prefetch_bbox: The build's AOI bounds in WGS84 (see :func:`open_reader`).
 
     Returns:
         Tile id -> source name -> :class:`TileLabel`.
     """
     out: dict[str, dict[str, TileLabel]] = {t.id: {} for t in tiles}
     for source in sources:
-        reader = open_reader(source)
+        reader = open_reader(source, prefetch_bbox=prefetch_bbox)
         rasters = reader.rasterize(tiles, resolution_m)
         for tile in tiles:
             raster = np.asarray(rasters[tile.id], dtype=np.uint8)

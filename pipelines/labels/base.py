@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from pipelines.grid import Tile
 
-__all__ = ["LABEL_NODATA", "LabelReader", "LabelRasters"]
+__all__ = ["LABEL_NODATA", "LabelRasters", "LabelReader"]
 
 #: Fill of every label raster: the pixel is outside what the source covers.
 LABEL_NODATA = 255

@@ -1059,15 +1059,23 @@ class OsmReader:
             return np.zeros(shape, dtype=bool)
         ring = shapely.segmentize(bounds, _BOUNDS_SEGMENT_DEG)
         projected = _project(ring, Transformer.from_crs(4326, tile.epsg, always_xy=True))
-        mask: UInt8Array = rio_features.rasterize(
-            [(projected, 1)],
-            out_shape=shape,
-            transform=tile.transform(resolution_m),
-            fill=0,
-            all_touched=False,
-            dtype="uint8",
-        )
+        with _rasterize_lock():
+            mask: UInt8Array = rio_features.rasterize(
+                [(projected, 1)],
+                out_shape=shape,
+                transform=tile.transform(resolution_m),
+                fill=0,
+                all_touched=False,
+                dtype="uint8",
+            )
         return mask.astype(bool)
+
+
+def _rasterize_lock() -> Any:
+    """The lock in-memory GDAL operations share (see ``pipelines._warp._REPROJECT_LOCK``)."""
+    from pipelines._warp import _REPROJECT_LOCK
+
+    return _REPROJECT_LOCK
 
 
 def _project(geoms: Any, tr: Transformer) -> Any:
@@ -1188,9 +1196,10 @@ def _burn(
     """
     transform = tile.transform(resolution_m)
     for flag, run in _runs(geoms, values, touched):
-        rio_features.rasterize(
-            run, out=raster, transform=transform, all_touched=flag, dtype="uint8"
-        )
+        with _rasterize_lock():
+            rio_features.rasterize(
+                run, out=raster, transform=transform, all_touched=flag, dtype="uint8"
+            )
 
 
 def _runs(

@@ -280,3 +280,96 @@ def test_sentinel2_masks_follow_scl(tiny_build: dict[str, Any]) -> None:
         invalid_seen += int(bad.sum())
         valid_seen += int(clear.sum())
     assert invalid_seen > 100 and valid_seen > 1000
+
+
+# -- labels and splits ----------------------------------------------------------------------
+
+MIN_AGREEMENT = 0.98
+
+
+def _distinct_tiles(cube: Path) -> list[tuple[str, int]]:
+    seen: dict[str, int] = {}
+    for row in _rows(cube):
+        seen.setdefault(row["tile_id"], row["cube_position"])
+    return sorted(seen.items())
+
+
+def test_corine_labels_agree_with_truth_in_both_zones(tiny_build: dict[str, Any]) -> None:
+    """The built cube's CORINE labels vs the truth map, as the reader test measures them.
+
+    Pixels 2 label pixels from any truth class boundary, in parcel regions CORINE maps (at
+    least its minimum mapping unit; smaller ones are generalised away by design).
+    """
+    from test_labels_corine_truth import _classes, _lut, _Truth
+
+    cube, archive = tiny_build["cube"], tiny_build["archive"]
+    classes = _classes(archive)
+    lut = _lut(classes, "bigearthnet19")
+    group = zarr.open_group(cube, mode="r")
+    assert float(group["labels"].attrs["resolution_m"]) == 10.0
+    truths = {epsg: _Truth(archive, epsg, classes) for epsg in (32632, 32633)}
+    counts = {epsg: [0, 0] for epsg in truths}
+    for tile_id, position in _distinct_tiles(cube):
+        tile = Tile.from_id(tile_id, TILE_M)
+        ids, _, interior, mapped = truths[tile.epsg].sample(tile)
+        use = interior & mapped
+        got = np.asarray(group["labels/corine"][position])
+        counts[tile.epsg][0] += int((got[use] == lut[ids][use]).sum())
+        counts[tile.epsg][1] += int(use.sum())
+    for epsg, (agree, total) in counts.items():
+        assert total > 20_000, epsg
+        assert agree / total >= MIN_AGREEMENT, (epsg, agree / total)
+
+
+def test_label_arrays_catalog_and_splits_are_consistent(tiny_build: dict[str, Any]) -> None:
+    from pipelines.grid import TileGrid
+    from pipelines.labels import open_reader
+    from pipelines.labels.summary import summarize
+    from schemas.recipe import load_recipe
+
+    cube, summary = tiny_build["cube"], tiny_build["summary"]
+    recipe = load_recipe(tiny_build["archive"] / "recipes" / "tiny.yaml")
+    sources = {s.name: s for s in recipe.labels}
+    group = zarr.open_group(cube, mode="r")
+    res = float(group["labels"].attrs["resolution_m"])
+    grid = TileGrid(TILE_M, (res,))
+    rows = _rows(cube)
+    split_of: dict[str, str] = {}
+    for row in rows:
+        assert row["split"] in ("train", "val", "test")
+        # A tile keeps its split in every period.
+        assert split_of.setdefault(row["tile_id"], row["split"]) == row["split"]
+    for name, source in sources.items():
+        ds = xr.open_zarr(cube, group="labels", mask_and_scale=False)
+        assert ds[name].dims == ("tile", "y", "x")
+        assert ds[f"{name}_multilabel"].dims == ("tile", f"{name}_class")
+        names = [str(v) for v in np.asarray(group[f"labels/{name}_class"][:])]
+        reader = open_reader(source)
+        assert tuple(names) == reader.class_names
+        for row in rows:
+            tile = grid.tile_from_id(row["tile_id"])
+            got = np.asarray(group[f"labels/{name}"][row["cube_position"]])
+            # The cube holds what the reader burns for this tile, in every period.
+            np.testing.assert_array_equal(got, reader.rasterize([tile], res)[tile.id])
+            stats = summarize(
+                got,
+                names,
+                reader.unlabeled_index,
+                threshold=source.multilabel_threshold,
+                max_unlabeled=source.max_unlabeled,
+            )
+            fractions = dict(dict(row["class_fractions"])[name])
+            assert fractions == pytest.approx(stats.fractions, abs=1e-6)
+            if fractions:
+                assert sum(fractions.values()) == pytest.approx(1.0, abs=1e-4)
+            assert tuple(dict(row["multilabels"])[name]) == stats.multilabels
+            multi = np.asarray(group[f"labels/{name}_multilabel"][row["cube_position"]])
+            np.testing.assert_array_equal(multi, stats.multilabel)
+            unl = dict(row["unlabeled_fractions"])[name]
+            assert unl == pytest.approx(stats.unlabeled_fraction, abs=1e-6)
+            assert (name in row["label_flags"]) == stats.flagged
+    counts = {k: sum(1 for v in split_of.values() if v == k) for k in set(split_of.values())}
+    assert summary["splits"] == dict(sorted(counts.items()))
+    assert summary["leakage"]["counts"]["test"] == counts.get("test", 0) > 0
+    # The guard: no test tile touches a train tile (adjacent tiles are 0 m apart).
+    assert summary["leakage"]["min_test_train_distance_m"] > 1.0
