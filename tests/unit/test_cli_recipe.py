@@ -43,7 +43,7 @@ def test_validate_names_the_field_and_exits_2(tmp_path: Path) -> None:
     # brackets in field paths survive rich's markup
     assert "sensors[1].resolution: 30 m does not divide grid.tile_size 1000 m" in result.stderr
     assert "sensors[3].resolution: 30 m does not divide" in result.stderr
-    assert "split.block_size: 2400 m is not a multiple of grid.tile_size 1000 m" in result.stderr
+    assert "split.block_size: 4800 m is not a multiple of grid.tile_size 1000 m" in result.stderr
     assert "\nFix: correct each field named above" in result.stderr
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
