@@ -49,6 +49,30 @@ logger = logging.getLogger(__name__)
 PLAN_DIR = "_eoforge"
 
 
+class _HeartbeatNoise(logging.Filter):
+    """One line instead of a traceback when a Dask worker's heartbeat misses the scheduler.
+
+    ``distributed`` logs the full ``OSError`` traceback when one heartbeat cannot reach the
+    scheduler (a busy event loop on 2 cores, or the scheduler closing first at the end of a
+    build) and simply tries again on the next beat; a build that goes on is not in error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to communicate with scheduler during heartbeat"):
+            exc = record.exc_info[1] if record.exc_info else None
+            record.msg = "a worker heartbeat missed the scheduler (retried on the next beat): %s"
+            record.args = (exc,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_worker_logger = logging.getLogger("distributed.worker")
+if not any(isinstance(f, _HeartbeatNoise) for f in _worker_logger.filters):
+    _worker_logger.addFilter(_HeartbeatNoise())
+
+
 def _retry_transient(task_: Any, task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect retry condition: retry only :class:`TransientError` (never bad input)."""
     try:
