@@ -15,6 +15,9 @@ Everything is throwaway and local:
    ``PostgresSettings`` read, never on a command line.
 
 Leaving :func:`serve_pgstac` stops uvicorn, then ``pg_ctl stop -m fast``, and removes the folder.
+The pieces are reusable on their own (the tile catalog's ``eoforge tiles serve|publish`` use
+them with their own queryables): :func:`run_pypgstac` runs pypgstac CLI steps,
+:func:`serve_stac_fastapi_pgstac` serves an already loaded cluster.
 Needs Debian's ``postgresql-15`` and ``postgresql-15-postgis-3`` (any PostgreSQL with PostGIS
 works; set ``EOFORGE_PG_BINDIR`` to its ``bin`` folder) and the Python packages
 ``stac-fastapi-pgstac`` and ``pypgstac[psycopg]``.
@@ -34,7 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -43,11 +46,15 @@ from pipelines.archive.staging import StacFiles
 from schemas.errors import NotFoundError, TransientError
 
 __all__ = [
+    "QUERYABLES",
     "PostgresCluster",
+    "check_pgstac_requirements",
     "find_pg_bindir",
     "load_pgstac",
     "missing_pgstac_requirements",
+    "run_pypgstac",
     "serve_pgstac",
+    "serve_stac_fastapi_pgstac",
 ]
 
 logger = logging.getLogger(__name__)
@@ -323,8 +330,46 @@ def _concat(paths: Sequence[Path], target: Path) -> Path:
     return target
 
 
+def run_pypgstac(
+    steps: Sequence[Sequence[str]],
+    *,
+    env: Mapping[str, str],
+    log: Path,
+    timeout_s: float,
+    dsn: str | None = None,
+) -> None:
+    """Run pypgstac CLI steps in order (e.g. ``["migrate"]``), stopping at the first failure.
+
+    Args:
+        steps: Arguments of each ``python -m pypgstac.pypgstac`` call, without ``--dsn``.
+        env: Environment of the calls; the connection travels in its ``PG*`` variables.
+        log: File the commands and their output are appended to.
+        timeout_s: Timeout of each call.
+        dsn: A ``--dsn`` to pass as well; it must hold no password (it is logged).
+
+    Raises:
+        TransientError: A step failed (the message carries the log tail).
+    """
+    cli = [sys.executable, "-m", "pypgstac.pypgstac"]
+    where = dsn or f"{env.get('PGHOST', '')}:{env.get('PGPORT', '')}/{env.get('PGDATABASE', '')}"
+    for step in steps:
+        argv = [*cli, *step, *(["--dsn", dsn] if dsn else [])]
+        code = _run(argv, log, timeout_s=timeout_s, env=dict(env))
+        if code != 0:
+            raise TransientError(
+                f"pypgstac {step[0]} {' '.join(step[1:2])} failed with code {code}: {_tail(log)}",
+                where=where,
+                fix="check the pypgstac output above; pypgstac and the pgstac schema must match",
+            )
+
+
 def load_pgstac(
-    cluster: PostgresCluster, files: StacFiles, workdir: Path, timeout_s: float
+    cluster: PostgresCluster,
+    files: StacFiles,
+    workdir: Path,
+    timeout_s: float,
+    *,
+    queryables: Mapping[str, object] | None = None,
 ) -> None:
     """Install pgstac into the cluster and load collections, items and queryables with pypgstac.
 
@@ -333,81 +378,122 @@ def load_pgstac(
         files: Staged collections and items (hrefs already absolute).
         workdir: Folder for the load files and ``pypgstac.log``.
         timeout_s: Timeout of each pypgstac command.
+        queryables: The queryables document; default :data:`QUERYABLES` (the archive's).
 
     Raises:
         TransientError: A pypgstac command failed (the message carries its output tail).
     """
     collections = _concat(files.collections, workdir / "pgstac-collections.ndjson")
     items = _concat(files.items, workdir / "pgstac-items.ndjson")
-    queryables = workdir / "pgstac-queryables.json"
-    queryables.write_text(json.dumps(QUERYABLES), encoding="utf-8")
-    cli = [sys.executable, "-m", "pypgstac.pypgstac"]
+    queryables_path = workdir / "pgstac-queryables.json"
+    queryables_path.write_text(json.dumps(queryables or QUERYABLES), encoding="utf-8")
     steps = [
         ["migrate"],
         ["load", "collections", str(collections), "--method", "insert"],
         ["load", "items", str(items), "--method", "insert"],
-        ["load_queryables", str(queryables)],
+        ["load_queryables", str(queryables_path)],
     ]
-    log = workdir / "pypgstac.log"
-    for step in steps:
-        code = _run(
-            [*cli, *step, "--dsn", cluster.dsn], log, timeout_s=timeout_s, env=cluster.env()
+    run_pypgstac(
+        steps, env=cluster.env(), log=workdir / "pypgstac.log", timeout_s=timeout_s, dsn=cluster.dsn
+    )
+
+
+@contextlib.contextmanager
+def serve_stac_fastapi_pgstac(
+    cluster: PostgresCluster,
+    *,
+    host: str,
+    port: int,
+    workdir: Path,
+    timeout_s: float,
+    title: str = "eoforge offline archive",
+    description: str = "An eoforge offline archive served by stac-fastapi-pgstac",
+    landing_id: str = "eoforge-archive",
+) -> Iterator[str]:
+    """Run stac-fastapi-pgstac (uvicorn) over a running, loaded cluster; yields its base URL.
+
+    Raises:
+        TransientError: The server did not start (the message carries its log tail).
+    """
+    env = {
+        **cluster.env(),
+        "STAC_FASTAPI_TITLE": title,
+        "STAC_FASTAPI_DESCRIPTION": description,
+        "STAC_FASTAPI_LANDING_ID": landing_id,
+        "STAC_FASTAPI_VERSION": "1.0.0",
+        "DB_MIN_CONN_SIZE": "1",
+        "DB_MAX_CONN_SIZE": "4",
+    }
+
+    def argv(chosen: int) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app",
+            "--factory", "--host", host, "--port", str(chosen), "--log-level", "warning",
+        ]  # fmt: skip
+
+    # cwd=workdir: stac-fastapi-pgstac also reads a ``.env`` file from its working folder.
+    child, url = start_with_port_retry(
+        "stac-fastapi-pgstac",
+        argv,
+        host=host,
+        port=port,
+        log_path=workdir / "stac-fastapi-pgstac.log",
+        timeout_s=timeout_s,
+        env=env,
+        cwd=workdir,
+    )
+    try:
+        yield url
+    finally:
+        child.stop()
+
+
+def check_pgstac_requirements(where: str = "backend=pgstac") -> None:
+    """Raise when this machine lacks what the pgstac backend needs.
+
+    Raises:
+        NotFoundError: PostgreSQL, PostGIS or a Python package is missing.
+    """
+    missing = missing_pgstac_requirements()
+    if missing:
+        raise NotFoundError(
+            f"the pgstac backend needs {'; '.join(missing)}", where=where, fix=_INSTALL_FIX
         )
-        if code != 0:
-            raise TransientError(
-                f"pypgstac {step[0]} {' '.join(step[1:2])} failed with code {code}: {_tail(log)}",
-                where=cluster.dsn,
-                fix="check the pypgstac output above; pypgstac and the pgstac schema must match",
-            )
 
 
 @contextlib.contextmanager
 def serve_pgstac(
-    files: StacFiles, *, host: str, port: int, workdir: Path, timeout_s: float
+    files: StacFiles,
+    *,
+    host: str,
+    port: int,
+    workdir: Path,
+    timeout_s: float,
+    queryables: Mapping[str, object] | None = None,
+    title: str = "eoforge offline archive",
+    description: str = "An eoforge offline archive served by stac-fastapi-pgstac",
+    landing_id: str = "eoforge-archive",
 ) -> Iterator[str]:
     """Run stac-fastapi-pgstac over a throwaway cluster loaded with ``files``; yields its URL.
+
+    ``queryables`` defaults to :data:`QUERYABLES`; ``title``, ``description`` and
+    ``landing_id`` describe the API's landing page.
 
     Raises:
         NotFoundError: PostgreSQL, PostGIS or a Python package is missing.
         TransientError: A server or a load step failed.
     """
-    missing = missing_pgstac_requirements()
-    if missing:
-        raise NotFoundError(
-            f"the pgstac backend needs {'; '.join(missing)}",
-            where="backend=pgstac",
-            fix=_INSTALL_FIX,
-        )
+    check_pgstac_requirements()
     with PostgresCluster(host=host, timeout_s=timeout_s) as cluster:
-        load_pgstac(cluster, files, workdir, timeout_s)
-        env = {
-            **cluster.env(),
-            "STAC_FASTAPI_TITLE": "eoforge offline archive",
-            "STAC_FASTAPI_DESCRIPTION": "An eoforge offline archive served by stac-fastapi-pgstac",
-            "STAC_FASTAPI_LANDING_ID": "eoforge-archive",
-            "STAC_FASTAPI_VERSION": "1.0.0",
-            "DB_MIN_CONN_SIZE": "1",
-            "DB_MAX_CONN_SIZE": "4",
-        }
-
-        def argv(chosen: int) -> list[str]:
-            return [
-                sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app",
-                "--factory", "--host", host, "--port", str(chosen), "--log-level", "warning",
-            ]  # fmt: skip
-
-        # cwd=workdir: stac-fastapi-pgstac also reads a ``.env`` file from its working folder.
-        child, url = start_with_port_retry(
-            "stac-fastapi-pgstac",
-            argv,
+        load_pgstac(cluster, files, workdir, timeout_s, queryables=queryables)
+        with serve_stac_fastapi_pgstac(
+            cluster,
             host=host,
             port=port,
-            log_path=workdir / "stac-fastapi-pgstac.log",
+            workdir=workdir,
             timeout_s=timeout_s,
-            env=env,
-            cwd=workdir,
-        )
-        try:
+            title=title,
+            description=description,
+            landing_id=landing_id,
+        ) as url:
             yield url
-        finally:
-            child.stop()
