@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from flows._cli_common import console, reports_errors
 
-__all__ = ["register"]
+__all__ = ["print_summary", "register"]
 
 
 def register(app: typer.Typer) -> None:
@@ -32,31 +34,34 @@ def register(app: typer.Typer) -> None:
         if json_out:
             console.print_json(json.dumps(summary))
             return
-        table = Table(title=f"eoforge build: {summary['recipe']}", show_header=False)
-        for key in (
-            "cube",
-            "run_id",
-            "tiles",
-            "positions",
-            "shards_total",
-            "shards_built",
-            "shards_skipped",
-            "bytes_on_disk",
-            "seconds",
-        ):
-            table.add_row(key, str(summary[key]))
-        table.add_row("skipped scenes", str(len(summary["skipped_scenes"])))
-        if summary.get("splits"):
-            table.add_row(
-                "splits (tiles)", ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
-            )
-            distance = summary.get("leakage", {}).get("min_test_train_distance_m")
-            if distance is not None:
-                table.add_row("min test-train distance", f"{distance:g} m")
-        for source, n in summary.get("label_flagged", {}).items():
-            table.add_row(f"flagged ({source})", f"{n} tiles above max_unlabeled")
-        console.print(table)
-        for line in summary["searches"]:
-            console.print(f"  search: {line}", highlight=False)
-        for line in summary.get("warnings", []):
-            console.print(f"  [yellow]warning:[/yellow] {line}")
+        print_summary(summary)
+
+
+def print_summary(summary: Mapping[str, Any]) -> None:
+    """Print a build summary as a table plus searches and warnings (``--json`` prints it all)."""
+    table = Table(title=f"eoforge build: {summary['recipe']}", show_header=False)
+    for key in (
+        "cube",
+        "run_id",
+        "tiles",
+        "positions",
+        "shards_total",
+        "shards_built",
+        "shards_skipped",
+        "bytes_on_disk",
+        "seconds",
+    ):
+        table.add_row(key, str(summary[key]))
+    table.add_row("skipped scenes", str(len(summary["skipped_scenes"])))
+    if summary.get("splits"):
+        table.add_row("splits (tiles)", ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+        distance = summary.get("leakage", {}).get("min_test_train_distance_m")
+        if distance is not None:
+            table.add_row("min test-train distance", f"{distance:g} m")
+    for source, n in summary.get("label_flagged", {}).items():
+        table.add_row(f"flagged ({source})", f"{n} tiles above max_unlabeled")
+    console.print(table)
+    for line in summary["searches"]:
+        console.print(f"  search: {line}", highlight=False)
+    for line in summary.get("warnings", []):
+        console.print(f"  [yellow]warning:[/yellow] {line}")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from flows._cli_common import console
+from flows.cli_build import print_summary
 
 DEMO_ARCHIVE = Path("data/archive-demo")
 DEMO_RECIPE = Path("recipes/demo.yaml")
@@ -31,10 +32,13 @@ def run_demo(archive: Path = DEMO_ARCHIVE, recipe: Path = DEMO_RECIPE) -> dict[s
         console.print(f"using the existing demo archive in {archive}")
     console.print(f"building {recipe} ...")
     summary = run_build(recipe)
-    console.print_json(json.dumps(summary))
+    print_summary(summary)
+    report = Path(str(summary["cube"])).with_suffix(".summary.json")
+    report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     console.print(
         f"[bold green]done:[/] cube {summary['cube']} ({summary['tiles']} tiles x periods = "
         f"{summary['positions']} positions, {summary['bytes_on_disk'] / 1e6:.1f} MB) in "
-        f"{summary['seconds']} s; tile catalog under {summary['cube']}/catalog"
+        f"{summary['seconds']} s; tile catalog under {summary['cube']}/catalog; full "
+        f"summary (leakage report per class) in {report}"
     )
     return summary

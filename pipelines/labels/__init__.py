@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,9 @@ def _reader(kind: str, text: str, prefetch_bbox: BBox | None) -> LabelReader:
     raise TypeError(f"unknown label source kind {kind!r}")  # pragma: no cover
 
 
+_READERS_LOCK = threading.Lock()
+
+
 def open_reader(source: LabelSource, *, prefetch_bbox: BBox | None = None) -> LabelReader:
     """The reader of one label source (cached per process: shards of a build share it).
 
@@ -73,7 +77,10 @@ def open_reader(source: LabelSource, *, prefetch_bbox: BBox | None = None) -> La
             this area once and serve every shard from it.
     """
     text = json.dumps(source.model_dump(mode="json"), sort_keys=True)
-    return _reader(source.kind, text, prefetch_bbox)
+    # One reader per source and process, even when the shard tasks of a threaded Dask worker
+    # ask at once (lru_cache alone would let each thread build, and parse, its own).
+    with _READERS_LOCK:
+        return _reader(source.kind, text, prefetch_bbox)
 
 
 @dataclass(frozen=True, eq=False)
