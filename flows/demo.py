@@ -36,8 +36,8 @@ def run_demo(archive: Path = DEMO_ARCHIVE, recipe: Path = DEMO_RECIPE) -> dict[s
     report = Path(str(summary["cube"])).with_suffix(".summary.json")
     report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     console.print(
-        f"[bold green]done:[/] cube {summary['cube']} ({summary['tiles']} tiles x periods = "
-        f"{summary['positions']} positions, {summary['bytes_on_disk'] / 1e6:.1f} MB) in "
+        f"[bold green]done:[/] cube {summary['cube']} ({summary['tiles']} tiles per period, "
+        f"{summary['positions']} tile-axis positions, {summary['bytes_on_disk'] / 1e6:.1f} MB) in "
         f"{summary['seconds']} s; tile catalog under {summary['cube']}/catalog; full "
         f"summary (leakage report per class) in {report}"
     )
