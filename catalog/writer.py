@@ -13,7 +13,9 @@ file of a crashed attempt is removed when that shard is committed again; others 
 with :meth:`CatalogWriter.remove_stale_temp_files`.
 
 Runs: :meth:`CatalogWriter.finish_run` writes ``catalog/runs/<run_id>.json`` (the run's parts,
-shards, row count and a caller summary) when a build ends; catalog versions build on these.
+shards, row count and a caller summary) when a build ends, then records the next catalog version
+(:mod:`catalog.versions`) and builds its query index (:mod:`catalog._index`; a cache that readers
+rebuild if it is missing, so a failure to build it is logged, not raised).
 
 Local file systems only; object stores need a conditional-put commit (a later change).
 """
@@ -33,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from catalog._index import ensure_index
 from catalog._parts import (
     PART_SUFFIX,
     TEMP_SUFFIX,
@@ -43,6 +46,7 @@ from catalog._parts import (
     parts_dir,
     runs_dir,
 )
+from catalog.versions import load_versions, record_version
 from schemas.errors import ConflictError, InvalidInputError
 from schemas.tile import TileRecord, tile_record_arrow_schema
 
@@ -241,12 +245,16 @@ class CatalogWriter:
             run_id: The run.
             summary: JSON-able facts the caller wants kept (recipe hash, counts, timings...).
 
+        Then the run becomes the next catalog version (every part committed by now, see
+        :func:`catalog.versions.record_version`), and that version's query index is built.
+
         Returns:
             The run file's path. It holds ``run_id``, the run's ``parts`` and ``shards``
             (sorted), ``n_records`` and ``summary``.
 
         Raises:
             InvalidInputError: A bad run id, or a summary that is not JSON-able.
+            ConflictError: The catalog's version files are damaged.
         """
         check_run_id(run_id)
         mine = {
@@ -272,4 +280,13 @@ class CatalogWriter:
         self.runs.mkdir(parents=True, exist_ok=True)
         final = self.runs / f"{run_id}.json"
         _atomic_write(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        version = record_version(self.cube_path, run_id)
+        log.info("run %s finished: catalog version %d", run_id, version.number)
+        try:
+            ensure_index(self.cube_path, load_versions(self.cube_path), version.number)
+        except Exception:
+            # The index is a cache: readers rebuild it when it is missing.
+            log.warning(
+                "could not build the query index of version %d", version.number, exc_info=True
+            )
         return final
