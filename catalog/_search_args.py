@@ -76,7 +76,10 @@ class Names:
 
 
 def _close(given: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(given, list(candidates), n=3, cutoff=0.6)
+    names = list(dict.fromkeys(candidates))
+    close = difflib.get_close_matches(given, names, n=3, cutoff=0.6)
+    folded = given.casefold()
+    close += [c for c in names if folded in c.casefold() and c not in close][: 5 - len(close)]
     return f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
 
 

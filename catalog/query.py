@@ -19,8 +19,11 @@ Search semantics (:meth:`TileCatalog.search`; all filters are ANDed):
   rotated in WGS84, so a box can touch a tile's bbox and miss its footprint). Touching counts.
 * ``intersects``: a GeoJSON geometry (or Feature) dict or a shapely geometry; same two steps.
 * ``datetime``: an RFC 3339 instant, a date (``2024-06``: the whole month) or an interval
-  ``a/b`` with ``..`` for an open end (STAC API style); a row matches when its period
-  ``[start_datetime, end_datetime]`` intersects it (both closed).
+  ``a/b`` with ``..`` for an open end (STAC API style; the query is closed at both ends); a row
+  matches when its period intersects it. A period is half-open,
+  ``[start_datetime, end_datetime)``, because builds write the first instant after the period
+  as ``end_datetime`` (so ``2024-07`` does not match June's rows); a zero-length period is the
+  instant itself.
 * ``sensors``: every listed sensor has data in the tile.
 * ``max_cloud``: a share: with ``sensors``, each listed sensor's cloud fraction is at most the
   share; without, every sensor of the tile that has a cloud fraction. ``{sensor: share}``: that
@@ -48,7 +51,10 @@ tile-record columns (``id``, ``tile_id``, ``period_id``, ``start_datetime``, ``e
 ``shard_id``, ``sensors``, ``split``, ``class_fractions``, ``multilabels``,
 ``unlabeled_fractions``, ``label_flags``) and the flat columns ``xmin``, ``ymin``, ``xmax``,
 ``ymax``, ``cloud_max``, ``valid_min``, ``"sensor:<s>"``, ``"cloud:<s>"``, ``"valid:<s>"``,
-``"fraction:<source>:<class>"`` and ``"label:<source>:<class>"`` (quote names with ``:``).
+``"fraction:<source>:<class>"`` and ``"label:<source>:<class>"`` (quote names with ``:``; a
+per-sensor or per-class column exists when that name occurs in the rows, ``DESCRIBE tiles``
+lists them). Example: ``SELECT split, count(*) FROM tiles WHERE "cloud:sentinel-2-l2a" < 0.1
+GROUP BY split``.
 """
 
 from __future__ import annotations
@@ -197,8 +203,13 @@ def _conditions(q: _Query, columns: frozenset[str]) -> tuple[list[str], list[Any
             where.append("start_datetime <= ?::TIMESTAMPTZ")
             params.append(hi.isoformat())
         if lo is not None:
-            where.append("end_datetime >= ?::TIMESTAMPTZ")
-            params.append(lo.isoformat())
+            # Periods are half-open [start, end): builds write the first instant after the
+            # period as end_datetime. A zero-length period is the instant itself.
+            where.append(
+                "(end_datetime > ?::TIMESTAMPTZ OR "
+                "(end_datetime = start_datetime AND end_datetime >= ?::TIMESTAMPTZ))"
+            )
+            params.extend([lo.isoformat(), lo.isoformat()])
     for s in q.sensors:
         c = col(sensor_column(s))
         where.append(f"COALESCE({c}, false)" if c else "false")
@@ -456,7 +467,8 @@ class TileCatalog:
                 where="sql",
                 fix=f"query the view {TILES_VIEW!r}; flat columns: xmin, ymin, xmax, ymax, "
                 'cloud_max, valid_min, "cloud:<sensor>", "valid:<sensor>", "sensor:<sensor>", '
-                '"fraction:<source>:<class>", "label:<source>:<class>" (quoted)',
+                '"fraction:<source>:<class>", "label:<source>:<class>" (quoted; they exist for '
+                "the sensors and classes that occur in the rows: DESCRIBE tiles lists them)",
             ) from None
         finally:
             cur.close()
@@ -493,8 +505,8 @@ class TileCatalog:
         Args:
             bbox: WGS84 ``(xmin, ymin, xmax, ymax)``; exact footprint intersection.
             intersects: GeoJSON geometry dict or shapely geometry (WGS84); exact intersection.
-            datetime: Instant, date or interval ``a/b`` (``..`` open); matches overlapping
-                periods.
+            datetime: Instant, date or interval ``a/b`` (``..`` open); matches periods
+                ``[start, end)`` that overlap it.
             max_cloud: Share, or ``{sensor: share}``: highest cloud fraction.
             min_valid: Share, or ``{sensor: share}``: lowest valid fraction.
             sensors: Sensors that must have data in the tile.

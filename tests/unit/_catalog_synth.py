@@ -29,9 +29,10 @@ S2, S1, LS = "sentinel-2-l2a", "sentinel-1-rtc", "landsat-c2-l2"
 SENSORS = (S2, S1, LS)
 SOURCES = {"corine": ("forest", "pasture", "water", "urban"), "osm": ("building", "road", "forest")}
 SPLITS = ("train", "val", "test", None)
+# As a build writes them: the end is the first instant after the period (exclusive).
 PERIODS = (
-    ("2024-06", datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 6, 30, 23, 59, 59, tzinfo=UTC)),
-    ("2024-07", datetime(2024, 7, 1, tzinfo=UTC), datetime(2024, 7, 31, 23, 59, 59, tzinfo=UTC)),
+    ("2024-06", datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 7, 1, tzinfo=UTC)),
+    ("2024-07", datetime(2024, 7, 1, tzinfo=UTC), datetime(2024, 8, 1, tzinfo=UTC)),
 )
 ISOLATED = Tile(32, "N", 640, 4420, TILE_M)
 TILES = (

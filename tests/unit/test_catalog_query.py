@@ -97,7 +97,12 @@ def brute(rows: Sequence[TileRecord], q: dict[str, Any]) -> list[str]:
             continue
         if "datetime" in q:
             lo, hi = q["datetime_span"]
-            if (hi is not None and r.period_start > hi) or (lo is not None and r.period_end < lo):
+            if hi is not None and r.period_start > hi:
+                continue
+            # Periods are half-open [start, end); a zero-length one is an instant.
+            if lo is not None and not (
+                r.period_end > lo or (r.period_end == r.period_start and r.period_end >= lo)
+            ):
                 continue
         names = {s.sensor for s in r.sensors}
         if not all(s in names for s in sensors):
@@ -351,6 +356,21 @@ def test_exact_geometry_not_just_the_bbox(
     assert cat.search(intersects=feature).ids() == []
     # A degenerate bbox (a point) works too.
     assert {r.tile_id for r in cat.search(bbox=(cx, cy, cx, cy)).to_records()} == {ISOLATED.id}
+
+
+def test_periods_are_half_open(cats: dict[int | None, TileCatalog]) -> None:
+    cat = cats[None]
+    # June's rows end at 2024-07-01T00:00:00Z, the first instant of July: not a June instant.
+    assert {r.period_id for r in cat.search(datetime="2024-07").to_records()} == {"2024-07"}
+    boundary = {r.period_id for r in cat.search(datetime="2024-07-01T00:00:00Z").to_records()}
+    assert boundary == {"2024-07"}
+    assert {r.period_id for r in cat.search(datetime="2024-06-30T23:59:59.999Z").to_records()} == {
+        "2024-06"
+    }
+    assert {r.period_id for r in cat.search(datetime="../2024-07-01").to_records()} == {
+        "2024-06",
+        "2024-07",
+    }
 
 
 def test_two_zones_in_one_bbox(cats: dict[int | None, TileCatalog]) -> None:
