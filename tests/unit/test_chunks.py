@@ -1,0 +1,242 @@
+"""The fast chunk reader (catalog._chunks) against zarr-python as the oracle."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BytesCodec
+
+from catalog._chunks import ArrayReader, open_arrays
+from schemas.cube import CodecSpec
+from schemas.errors import ConflictError, InvalidInputError, NotFoundError
+
+DEMO = Path(__file__).resolve().parents[2] / "build" / "demo.zarr"
+
+CODECS = {
+    "blosc-lz4": CodecSpec(),
+    "blosc-zstd": CodecSpec(name="blosc-zstd", level=3, shuffle="shuffle"),
+    "zstd": CodecSpec.zstd(3),
+}
+N_TILES = 15  # shards of 4: [0-3] [4-7] [8-11] [12-14, partial and never written]
+
+
+def _values(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    if np.dtype(dtype).kind == "f":
+        return rng.normal(0, 1, shape).astype(dtype)
+    info = np.iinfo(np.dtype(dtype))
+    return rng.integers(max(info.min, -3000), min(info.max, 3000), shape, endpoint=True).astype(
+        dtype
+    )
+
+
+def _fill_some(arr: zarr.Array[Any], rng: np.random.Generator) -> None:
+    """Write positions 0-5 and 8-9, leave 3's second time plane (if any) as fill, 6-7 and 10+
+    unwritten: empty chunks inside written shards, a shard with holes and an absent shard."""
+    for pos in (0, 1, 2, 3, 4, 5, 8, 9):
+        arr[pos] = _values(rng, arr.shape[1:], str(arr.dtype))
+    if arr.ndim >= 4 and arr.shape[1] > 1:
+        arr[3, 1] = arr.fill_value
+
+
+def _make(
+    root: Path,
+    name: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    shards: tuple[int, ...] | dict[str, Any] | None,
+    dtype: str,
+    fill: Any,
+    codec: CodecSpec,
+    **kwargs: Any,
+) -> zarr.Array[Any]:
+    arr = zarr.create_array(
+        str(root),
+        name=name,
+        shape=shape,
+        chunks=chunks,
+        shards=shards,  # type: ignore[arg-type]
+        dtype=dtype,
+        fill_value=fill,
+        compressors=codec.zarr_compressors(),
+        attributes={"long_name": name},
+        **kwargs,
+    )
+    _fill_some(arr, np.random.default_rng(len(name)))
+    return arr
+
+
+def _cube(root: Path, codec: CodecSpec) -> list[str]:
+    """A small cube with the layout's array kinds plus odd encodings; returns the array paths."""
+    n = N_TILES
+    _make(
+        root, "s2/data", (n, 2, 3, 8, 8), (1, 1, 3, 8, 8), (4, 1, 3, 8, 8), "int16", -32768, codec
+    )
+    _make(root, "s2/mask", (n, 2, 8, 8), (1, 1, 8, 8), (4, 1, 8, 8), "uint8", 64, codec)
+    _make(root, "labels/corine", (n, 8, 8), (1, 8, 8), (4, 8, 8), "uint8", 255, codec)
+    # Both time planes in one shard, index at the start, big-endian chunks.
+    _make(
+        root,
+        "series/data",
+        (n, 2, 3, 8, 8),
+        (1, 1, 3, 8, 8),
+        {"shape": (4, 2, 3, 8, 8), "index_location": "start"},
+        "uint16",
+        0,
+        codec,
+        serializer=BytesCodec(endian="big"),
+    )
+    # Chunks that split y, and bands with a partial last chunk (the scratch-buffer path).
+    _make(root, "split/y", (n, 1, 3, 8, 8), (1, 1, 3, 4, 8), (4, 1, 3, 8, 8), "int16", -1, codec)
+    _make(root, "split/band", (n, 3, 8, 8), (1, 2, 8, 8), (4, 4, 8, 8), "float32", np.nan, codec)
+    # Unsharded per-tile arrays, several tiles per chunk.
+    _make(root, "tiles/epsg", (n,), (4,), None, "int32", 0, codec)
+    _make(root, "tiles/transform", (n, 6), (4, 6), None, "float64", np.nan, codec)
+    return [
+        "s2/data",
+        "s2/mask",
+        "labels/corine",
+        "series/data",
+        "split/y",
+        "split/band",
+        "tiles/epsg",
+        "tiles/transform",
+    ]
+
+
+@pytest.fixture(params=sorted(CODECS))
+def cube(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, list[str]]:
+    root = tmp_path / f"{request.param}.zarr"
+    zarr.open_group(str(root), mode="w", zarr_format=3)
+    return root, _cube(root, CODECS[request.param])
+
+
+def test_every_position_of_every_array_equals_zarr(cube: tuple[Path, list[str]]) -> None:
+    root, paths = cube
+    reader = open_arrays(str(root))
+    for path in paths:
+        want = zarr.open_array(str(root / path), mode="r")
+        assert reader.shape(path) == want.shape
+        assert reader.dtype(path) == want.dtype
+        out = np.empty(want.shape[1:], dtype=want.dtype)
+        for pos in range(want.shape[0]):
+            expected = want[pos]
+            got = reader.read(path, pos)
+            np.testing.assert_array_equal(got, expected, err_msg=f"{path}[{pos}]")
+            # Reusing a dirty output buffer must overwrite every element, fill included.
+            out[...] = 7
+            assert reader.read(path, pos, out=out) is out
+            np.testing.assert_array_equal(out, expected, err_msg=f"{path}[{pos}] into out")
+
+
+def test_unwritten_positions_read_as_fill(cube: tuple[Path, list[str]]) -> None:
+    root, _ = cube
+    reader = open_arrays(str(root))
+    assert reader.fill_value("s2/data") == -32768
+    assert (reader.read("s2/data", 7) == -32768).all()  # empty chunk in a written shard
+    assert (reader.read("s2/data", 14) == -32768).all()  # shard file absent
+    assert (reader.read("s2/data", 3)[1] == -32768).all()  # one empty time plane
+    assert (reader.read("s2/data", 3)[0] != -32768).any()
+    assert (reader.read("s2/mask", 12) == 64).all()
+    assert np.isnan(reader.read("split/band", 11)).all()
+    assert np.isnan(reader.read("tiles/transform", 13)).all()
+    assert reader.read("tiles/epsg", -1) == 0
+
+
+def test_metadata_and_attrs(cube: tuple[Path, list[str]]) -> None:
+    root, _ = cube
+    reader = open_arrays(str(root))
+    assert reader.attrs("s2/mask") == {"long_name": "s2/mask"}
+    assert reader.shape("tiles/transform") == (N_TILES, 6)
+    assert np.isnan(reader.fill_value("tiles/transform"))
+
+
+def test_pickled_reader_carries_no_handles_and_reads_the_same(
+    cube: tuple[Path, list[str]],
+) -> None:
+    root, _ = cube
+    reader = open_arrays(str(root))
+    before = reader.read("s2/data", 5)
+    blob = pickle.dumps(reader)
+    assert len(blob) < 300
+    copy = pickle.loads(blob)
+    assert isinstance(copy, ArrayReader)
+    np.testing.assert_array_equal(copy.read("s2/data", 5), before)
+
+
+def _read_sum(args: tuple[ArrayReader, int]) -> int:
+    reader, pos = args
+    return int(reader.read("s2/data", pos).astype(np.int64).sum())
+
+
+def test_forked_workers_reopen_their_files(cube: tuple[Path, list[str]]) -> None:
+    root, _ = cube
+    reader = open_arrays(str(root))
+    want = [_read_sum((reader, pos)) for pos in range(8)]  # parent has fds open now
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map(_read_sum, [(reader, pos) for pos in range(8)])
+    assert got == want
+
+
+def test_errors(cube: tuple[Path, list[str]]) -> None:
+    root, _ = cube
+    reader = open_arrays(str(root))
+    with pytest.raises(NotFoundError):
+        reader.read("s2/nothing", 0)
+    with pytest.raises(InvalidInputError, match="outside the tile axis"):
+        reader.read("s2/data", N_TILES)
+    with pytest.raises(InvalidInputError, match="expected C-contiguous"):
+        reader.read("s2/data", 0, out=np.empty((2, 3, 8, 8), dtype=np.int32))
+
+
+def test_corrupt_shard_index_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "c.zarr"
+    zarr.open_group(str(root), mode="w", zarr_format=3)
+    _make(root, "a", (N_TILES, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8), "int16", 0, CodecSpec())
+    shard = root / "a" / "c" / "0" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF  # inside the index, before the crc32c
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ConflictError, match="checksum"):
+        open_arrays(str(root)).read("a", 0)
+
+
+def test_unsupported_codec_is_named(tmp_path: Path) -> None:
+    root = tmp_path / "t.zarr"
+    zarr.open_group(str(root), mode="w", zarr_format=3)
+    zarr.create_array(
+        str(root), name="a", shape=(2, 4), chunks=(1, 4), dtype="int16", compressors=None
+    )
+    doc = json.loads((root / "a" / "zarr.json").read_text())
+    doc["codecs"].append({"name": "gzip", "configuration": {"level": 1}})
+    (root / "a" / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(InvalidInputError, match="gzip"):
+        open_arrays(str(root)).read("a", 0)
+
+
+@pytest.mark.skipif(not DEMO.exists(), reason="no demo cube at build/demo.zarr (make demo)")
+def test_demo_cube_numeric_arrays_equal_zarr() -> None:
+    reader = open_arrays(str(DEMO))
+    group = zarr.open_group(str(DEMO), mode="r")
+    checked = 0
+    for path, arr in _numeric_arrays(group):
+        n = arr.shape[0]
+        k = arr.shards[0] if arr.shards else arr.chunks[0]
+        for pos in sorted({0, 1, k - 1, k, n - 1} & set(range(n))):
+            np.testing.assert_array_equal(reader.read(path, pos), arr[pos], err_msg=path)
+            checked += 1
+    assert checked > 20
+
+
+def _numeric_arrays(group: zarr.Group) -> list[tuple[str, zarr.Array[Any]]]:
+    found: list[tuple[str, zarr.Array[Any]]] = []
+    for name, node in group.members(max_depth=None):
+        if isinstance(node, zarr.Array) and node.dtype.kind in "biuf" and node.ndim >= 1:
+            found.append((name, node))
+    return found
