@@ -15,7 +15,8 @@ so this reader does only the necessary work:
 Supported encodings: the ``regular`` chunk grid, ``default`` or ``v2`` chunk keys, optionally
 ``sharding_indexed`` (index at ``start`` or ``end``, index codecs ``bytes`` + optional
 ``crc32c``, checked), inner codecs ``bytes`` (either endian) followed by at most one of ``blosc``
-or ``zstd``. Fixed-size numeric dtypes only (not the string arrays). Chunks that were never
+or ``zstd``; numeric dtypes, and unsharded ``string`` arrays (``vlen-utf8`` [+ ``zstd`` |
+``blosc``], read as numpy ``StringDType``). Chunks that were never
 written (index entry all ``0xFF``, or no shard/chunk file) read as the array's fill value.
 
 A reader is picklable and cheap to pickle: it carries the URI and storage options only, and a
@@ -64,6 +65,27 @@ def _decode_zstd(src: Any, dest: Any) -> Any:
 def _decode_raw(src: Any, dest: Any) -> Any:
     np.frombuffer(dest, dtype=np.uint8)[:] = np.frombuffer(src, dtype=np.uint8)
     return dest
+
+
+def _vlen_utf8(decompress: Callable[[Any], Any]) -> Decoder:
+    """Decoder of ``vlen-utf8`` [+ compressor] chunks into a StringDType ``dest``."""
+    from numcodecs.vlen import VLenUTF8
+
+    codec = VLenUTF8()
+
+    def decode(src: Any, dest: Any) -> Any:
+        items = codec.decode(decompress(src))
+        dest.reshape(-1)[:] = items
+        return dest
+
+    return decode
+
+
+_STRING_COMPRESSORS: dict[str | None, Callable[[Any], Any]] = {
+    None: bytes,
+    "zstd": _zstd.decompress,
+    "blosc": _blosc.decompress,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +163,28 @@ def _parse_codecs(codecs: list[dict[str, Any]], where: str) -> tuple[bool, Decod
     )
 
 
+def _string_codecs(codecs: list[dict[str, Any]], where: str) -> Decoder:
+    names = [c.get("name") for c in codecs]
+    if (
+        not names
+        or names[0] != "vlen-utf8"
+        or len(names) > 2
+        or names[-1] not in (_STRING_COMPRESSORS.keys() | {"vlen-utf8"})
+    ):
+        raise InvalidInputError(
+            f"string codec chain {names} is not vlen-utf8 [+ zstd | blosc]",
+            where=where,
+            fix="read this array with zarr-python (catalog._arrays)",
+        )
+    return _vlen_utf8(_STRING_COMPRESSORS[names[1] if len(names) == 2 else None])
+
+
 def _parse_meta(path: str, doc: dict[str, Any]) -> _Meta:
     where = f"{path}/zarr.json"
     if doc.get("zarr_format") != 3 or doc.get("node_type") != "array":
         raise InvalidInputError(f"{path} is not a Zarr v3 array", where=where)
+    if doc.get("data_type") == "string":
+        return _parse_string_meta(path, doc, where)
     try:
         dtype = np.dtype(doc["data_type"])
     except TypeError as err:
@@ -194,6 +234,37 @@ def _parse_meta(path: str, doc: dict[str, Any]) -> _Meta:
         index_crc=index_crc,
         decoder=decoder,
         big_endian=big and dtype.itemsize > 1,
+        key_sep=sep,
+        key_prefix=prefix,
+    )
+
+
+def _parse_string_meta(path: str, doc: dict[str, Any], where: str) -> _Meta:
+    """A variable-length UTF-8 array (unsharded: the cube's ``tiles/*``, ``source_items``)."""
+    codecs = doc["codecs"]
+    if codecs and codecs[0].get("name") == "sharding_indexed":
+        raise InvalidInputError(
+            "sharded string arrays are not supported",
+            where=where,
+            fix="read this array with zarr-python (catalog._arrays)",
+        )
+    outer = tuple(int(n) for n in doc["chunk_grid"]["configuration"]["chunk_shape"])
+    enc = doc.get("chunk_key_encoding", {"name": "default"})
+    sep = (enc.get("configuration") or {}).get("separator")
+    prefix, sep = ("c" + (sep or "/"), sep or "/") if enc["name"] == "default" else ("", sep or ".")
+    return _Meta(
+        path=path,
+        shape=tuple(int(n) for n in doc["shape"]),
+        dtype=np.dtype(np.dtypes.StringDType()),
+        fill_value=str(doc.get("fill_value") or ""),
+        attrs=dict(doc.get("attributes") or {}),
+        outer=outer,
+        inner=outer,
+        sharded=False,
+        index_at_end=True,
+        index_crc=False,
+        decoder=_string_codecs(codecs, where),
+        big_endian=False,
         key_sep=sep,
         key_prefix=prefix,
     )
@@ -296,7 +367,8 @@ class ArrayReader:
         self._meta: dict[str, _Meta] = {}
         self._index: OrderedDict[str, npt.NDArray[np.uint64] | None] = OrderedDict()
         self._buf = bytearray(1 << 16)
-        self._scratch: dict[str, npt.NDArray[Any]] = {}
+        # path -> (chunk buffer, coords it holds or None, whether that chunk exists)
+        self._scratch: dict[str, tuple[npt.NDArray[Any], tuple[int, ...] | None, bool]] = {}
 
     # Pickling: only the URI and options travel; a copy opens its own files lazily.
     def __getstate__(self) -> dict[str, Any]:
@@ -336,6 +408,13 @@ class ArrayReader:
         meta = _parse_meta(path.strip("/"), json.loads(text))
         self._meta[path] = meta
         return meta
+
+    def root_attrs(self) -> dict[str, Any]:
+        """The cube's root attributes (the :class:`schemas.cube.CubeLayout` parameters)."""
+        text = self._get_store().read_text("zarr.json")
+        if text is None:
+            raise NotFoundError("no zarr.json at the cube root", where=self.cube_uri)
+        return dict(json.loads(text).get("attributes") or {})
 
     def shape(self, path: str) -> tuple[int, ...]:
         """Full shape of the array at ``path`` (tile axis first)."""
@@ -411,8 +490,7 @@ class ArrayReader:
         src = store.read_range(key, offset, nbytes, self._buf)
         if src is None:
             return False
-        flat = dest.reshape(-1).view(np.uint8)
-        meta.decoder(src, flat)
+        meta.decoder(src, dest if meta.dtype.kind == "T" else dest.reshape(-1).view(np.uint8))
         if meta.big_endian:
             dest.byteswap(inplace=True)
         return True
@@ -477,10 +555,15 @@ class ArrayReader:
                 if not self._decode_chunk(meta, coords, dest):
                     dest[...] = meta.fill_value
                 continue
-            scratch = self._scratch.get(meta.path)
+            # A chunk of several tiles (tiles/*) is often read again for the next position:
+            # keep the last decoded one per array.
+            scratch, held, found = self._scratch.get(meta.path, (None, None, False))
             if scratch is None:
-                scratch = self._scratch[meta.path] = np.empty(inner, dtype=meta.dtype)
-            if self._decode_chunk(meta, coords, scratch):
+                scratch = np.empty(inner, dtype=meta.dtype)
+            if held != coords:
+                found = self._decode_chunk(meta, coords, scratch)
+                self._scratch[meta.path] = (scratch, coords, found)
+            if found:
                 part: tuple[int | slice, ...] = (o0, *(slice(0, s.stop - s.start) for s in sel))
                 out[sel] = scratch[part]
             else:
