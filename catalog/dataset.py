@@ -1,0 +1,665 @@
+"""The PyTorch dataset: :class:`TileDataset`, one sample per catalog row a query selects.
+
+Importing this module imports torch (``import catalog`` does not).
+
+A sample is a ``dict`` with fixed keys and dims (``T`` = time planes, ``B`` = bands, ``H``/``W``
+= the sensor's pixels per tile edge, or the ``resize`` size)::
+
+    <sensor>                 float32 (T, B, H, W)  physical values: stored * scale_factor +
+                                                   add_offset (then normalised if asked); the
+                                                   cube's fill (no observation) -> ``fill_value``
+                                                   (NaN by default)
+    <sensor>_mask            uint8   (T, H, W)     schemas.cube.MaskBit bitmask (VALID=1,
+                                                   CLOUD=2, ..., NODATA=64 where not observed)
+    <sensor>_time            int64   (T,)          acquisition time, ns since 1970 UTC;
+                                                   schemas.cube.NAT_INT64 (int64 min) where unused
+    label_<source>           int64   (H, W)        class index at the label resolution; the
+                                                   source's nodata (255) where unknown, so use it
+                                                   as ``ignore_index``
+    multilabel_<source>      float32 (C,)          1.0 present / 0.0 absent; NaN for every class
+                                                   when the tile is not labelled by the source
+    index                    int64   ()            index of the sample in this dataset
+    position                 int64   ()            position on the cube's tile axis
+    tile_id, period, id      str                   grid tile id, period id, row id
+                                                   ``<tile_id>_<period>`` (metadata=True)
+    epsg                     int64   ()            EPSG of the tile's UTM CRS (metadata=True)
+    transform                float64 (6,)          affine a, b, c, d, e, f of the tile at the
+                                                   cube's finest resolution (metadata=True)
+
+Every value is a tensor or a ``str``, so the default ``collate_fn`` batches samples (strings
+become lists). Pixels that are observed but flagged (cloud, shadow...) keep their values: use
+``<sensor>_mask`` (``mask & MaskBit.VALID``) to weight or drop them. ``fill_value=0.0`` gives
+zeros instead of NaN where there is no observation.
+
+Resolution: every sensor comes at its native resolution (S2 10 m and Landsat 30 m differ in
+``H``/``W``). ``resize=(h, w)`` (or an int) resamples every raster to one size with
+:func:`torch.nn.functional.interpolate`: ``resize_mode`` (bilinear by default, antialiased when
+shrinking; a NaN spreads to its neighbours, so pass ``fill_value=0.0`` to avoid that) for the
+sensor values, ``nearest-exact`` for masks and labels.
+
+Normalisation: ``normalize="cube"`` uses per-band mean and standard deviation of the physical
+values over VALID pixels only (mask bit VALID set and not the fill value), from
+:func:`cube_stats`: computed once from an evenly spaced sample of at most ``stats_tiles`` catalog
+rows (all rows of the catalog version) and cached in the cube as ``_eoforge/stats.json``
+(written atomically: a temporary file renamed over, or one PUT on object storage). Delete that
+file, or call ``cube_stats(..., refresh=True)``, after the cube has grown a lot. A dict
+``{sensor: {"mean": [...], "std": [...]}}`` (one value per cube band or per selected band) gives
+the statistics directly. A band without valid pixels gets mean 0, and a standard deviation of 0
+or unknown is taken as 1.
+
+Workers: the dataset holds the cube URI, a numpy array of cube positions and its options; the
+array reader (:mod:`catalog._arrays`) opens the cube lazily in each process and reopens it after
+a fork, so the dataset works with any DataLoader ``num_workers`` and the fork, spawn and
+forkserver start methods, and pickles to a few bytes per row. ``__getitem__`` reads one chunk
+per array with zarr: no Dask, no xarray, no cache beyond one handle per array.
+
+Object storage: ``TileDataset("s3://bucket/cube.zarr", storage_options={...})`` reads the pixels
+through fsspec (s3fs). The catalog reader is local-only, so give ``catalog=`` a local copy of
+the cube's ``catalog`` folder's parent (or an open :class:`~catalog.query.TileCatalog`), or pass
+a :class:`~catalog.query.SearchResult` as ``query``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as tnf
+from torch.utils.data import Dataset
+
+from catalog._arrays import ArrayReader, is_remote, open_arrays
+from catalog.query import SearchResult, TileCatalog, open_catalog
+from schemas.cube import (
+    TILES_GROUP,
+    CubeLayout,
+    MaskBit,
+    SensorLayout,
+    data_path,
+    datetime_path,
+    label_path,
+    mask_path,
+    multilabel_path,
+)
+from schemas.errors import InvalidInputError
+
+__all__ = ["STATS_PATH", "Sample", "TileDataset", "cube_stats", "read_layout"]
+
+log = logging.getLogger(__name__)
+
+#: A sample: key -> tensor or str (module docstring).
+Sample = dict[str, Any]
+#: Where :func:`cube_stats` caches the statistics, relative to the cube root.
+STATS_PATH = "_eoforge/stats.json"
+_STATS_FORMAT = 1
+DEFAULT_STATS_TILES = 64
+_VALID = int(MaskBit.VALID)
+
+TimeSelection = int | Sequence[int] | None
+Normalize = bool | str | Mapping[str, Mapping[str, Sequence[float]]] | None
+
+
+def _cube_uri(cube: str | Path) -> str:
+    text = str(cube)
+    return text.rstrip("/") if is_remote(text) else str(Path(text).resolve())
+
+
+def read_layout(reader: ArrayReader) -> CubeLayout:
+    """The cube's layout, from its root attributes."""
+    return CubeLayout.from_root_attrs(reader.root_attrs())
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+def _stats_location(cube_uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    fsspec: Any = importlib.import_module("fsspec")
+    fs, root = fsspec.core.url_to_fs(cube_uri, **(dict(storage_options or {})))
+    return fs, f"{root.rstrip('/')}/{STATS_PATH}"
+
+
+def _load_stats(cube_uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    try:
+        if is_remote(cube_uri):
+            fs, path = _stats_location(cube_uri, storage_options)
+            text = fs.cat_file(path).decode("utf-8")
+        else:
+            text = (Path(cube_uri) / STATS_PATH).read_text(encoding="utf-8")
+        doc = json.loads(text)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != _STATS_FORMAT:
+        return None
+    return doc
+
+
+def _save_stats(
+    cube_uri: str, storage_options: Mapping[str, Any] | None, doc: Mapping[str, Any]
+) -> None:
+    data = (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+    try:
+        if is_remote(cube_uri):
+            fs, path = _stats_location(cube_uri, storage_options)
+            fs.pipe_file(path, data)  # one PUT: atomic on object storage
+            return
+        final = Path(cube_uri) / STATS_PATH
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".tmp", dir=final.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            Path(tmp).replace(final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        log.warning("could not cache normalisation statistics in %s: %s", cube_uri, err)
+
+
+def _physical(raw: npt.NDArray[Any], sensor: SensorLayout) -> npt.NDArray[np.float32]:
+    """Storage values -> float32 physical values (CF scale/offset); fill not yet replaced."""
+    values = raw.astype(np.float32)
+    if sensor.scale_factor is not None:
+        values *= np.float32(sensor.scale_factor)
+    if sensor.add_offset is not None:
+        values += np.float32(sensor.add_offset)
+    return values
+
+
+def _fill_of(raw: npt.NDArray[Any], sensor: SensorLayout) -> npt.NDArray[np.bool_]:
+    """Where ``raw`` holds the cube's fill (no observation)."""
+    nodata = sensor.nodata
+    if isinstance(nodata, float) and math.isnan(nodata):
+        return np.asarray(~np.isfinite(raw), dtype=np.bool_)
+    return np.asarray(raw == nodata, dtype=np.bool_)
+
+
+def _tile_moments(
+    reader: ArrayReader, sensor: SensorLayout, position: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Per band: count, mean and sum of squared deviations over the tile's valid pixels."""
+    raw = reader.read(data_path(sensor.name), position)  # (T, B, H, W)
+    mask = reader.read(mask_path(sensor.name), position)  # (T, H, W)
+    valid = ((mask & _VALID) != 0)[:, None] & ~_fill_of(raw, sensor)
+    values = _physical(raw, sensor).astype(np.float64)
+    nb = raw.shape[1]
+    count = valid.sum(axis=(0, 2, 3)).astype(np.float64)
+    moved = np.moveaxis(values, 1, 0).reshape(nb, -1)
+    keep = np.moveaxis(valid, 1, 0).reshape(nb, -1)
+    total = np.where(keep, moved, 0.0).sum(axis=1)
+    mean = np.divide(total, count, out=np.zeros(nb), where=count > 0)
+    m2 = np.where(keep, (moved - mean[:, None]) ** 2, 0.0).sum(axis=1)
+    return count, mean, m2
+
+
+def _sensor_stats(
+    reader: ArrayReader, sensor: SensorLayout, positions: Sequence[int]
+) -> dict[str, Any]:
+    nb = len(sensor.bands)
+    n, mean, m2 = np.zeros(nb), np.zeros(nb), np.zeros(nb)
+    for position in positions:
+        nt, mt, m2t = _tile_moments(reader, sensor, position)
+        total = n + nt
+        delta = mt - mean
+        safe = np.where(total > 0, total, 1.0)
+        mean = mean + delta * nt / safe
+        m2 = m2 + m2t + delta**2 * n * nt / safe
+        n = total
+    std = np.sqrt(np.divide(m2, n, out=np.zeros(nb), where=n > 0))
+    return {
+        "bands": list(sensor.bands),
+        "mean": [float(m) if c > 0 else None for m, c in zip(mean, n, strict=True)],
+        "std": [float(s) if c > 0 else None for s, c in zip(std, n, strict=True)],
+        "count": [int(c) for c in n],
+    }
+
+
+def _sample_positions(positions: npt.NDArray[np.int64], max_tiles: int) -> list[int]:
+    unique = np.unique(positions)
+    if unique.size <= max_tiles:
+        return [int(p) for p in unique]
+    pick = np.linspace(0, unique.size - 1, max_tiles).round().astype(np.int64)
+    return [int(p) for p in unique[np.unique(pick)]]
+
+
+def cube_stats(
+    cube: str | Path,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    catalog: str | Path | TileCatalog | None = None,
+    version: int | None = None,
+    max_tiles: int = DEFAULT_STATS_TILES,
+    refresh: bool = False,
+) -> dict[str, Any]:
+    """Per-band statistics of every sensor of the cube over VALID pixels, cached in the cube.
+
+    Reads ``<cube>/_eoforge/stats.json`` when it exists and covers every sensor (unless
+    ``refresh``); otherwise computes the statistics from an evenly spaced sample of at most
+    ``max_tiles`` cube positions of the catalog's rows and writes the file atomically. Only
+    pixels whose mask has :attr:`~schemas.cube.MaskBit.VALID` and whose value is not the fill
+    count; values are physical (scale_factor and add_offset applied).
+
+    Args:
+        cube: Cube directory or URL.
+        storage_options: fsspec options for a URL.
+        catalog: Where the catalog is (a local cube folder or an open catalog); default ``cube``.
+        version: Catalog version whose rows are sampled (default: the latest rows).
+        max_tiles: Most tiles read.
+        refresh: Recompute even when the cache exists.
+
+    Returns:
+        ``{"format": 1, "positions": [...], "sensors": {name: {"bands", "mean", "std",
+        "count"}}}``; ``mean``/``std`` are ``None`` for a band without valid pixels.
+    """
+    uri = _cube_uri(cube)
+    reader = open_arrays(uri, storage_options)
+    layout = read_layout(reader)
+    names = [s.name for s in layout.sensors]
+    if not refresh:
+        doc = _load_stats(uri, storage_options)
+        if doc is not None and all(n in doc.get("sensors", {}) for n in names):
+            return doc
+    if max_tiles < 1:
+        raise InvalidInputError(f"max_tiles must be >= 1, got {max_tiles}", where="max_tiles")
+    cat = _resolve_catalog(uri, catalog, version)
+    positions = _sample_positions(np.asarray(cat.search().positions(), np.int64), max_tiles)
+    doc = {
+        "format": _STATS_FORMAT,
+        "method": "mean and population std of physical values over pixels with mask bit VALID "
+        "and not the fill value; evenly spaced sample of catalog positions",
+        "catalog_version": cat.version,
+        "positions": positions,
+        "sensors": {s.name: _sensor_stats(reader, s, positions) for s in layout.sensors},
+    }
+    _save_stats(uri, storage_options, doc)
+    return doc
+
+
+# --- options --------------------------------------------------------------------------------
+
+
+def _resolve_catalog(
+    cube_uri: str, catalog: str | Path | TileCatalog | None, version: int | None
+) -> TileCatalog:
+    if isinstance(catalog, TileCatalog):
+        if version is not None and catalog.version != version:
+            raise InvalidInputError(
+                f"the catalog given is version {catalog.version}, not {version}",
+                where="version",
+                fix="open the catalog with open_catalog(cube, version=...) or drop version",
+            )
+        return catalog
+    if catalog is None:
+        if is_remote(cube_uri):
+            raise InvalidInputError(
+                "the tile catalog can only be read from a local folder",
+                where=cube_uri,
+                fix="pass catalog=<local copy of the cube with its catalog/ folder>, or a "
+                "SearchResult as query",
+            )
+        catalog = cube_uri
+    return open_catalog(catalog, version=version)
+
+
+def _positions_of(
+    cube_uri: str,
+    query: SearchResult | Mapping[str, Any] | None,
+    catalog: str | Path | TileCatalog | None,
+    version: int | None,
+) -> tuple[npt.NDArray[np.int64], int | None]:
+    if isinstance(query, SearchResult):
+        if version is not None and query.catalog.version != version:
+            raise InvalidInputError(
+                f"the search result comes from catalog version {query.catalog.version}, "
+                f"not {version}",
+                where="version",
+            )
+        return np.asarray(query.positions(), dtype=np.int64), query.catalog.version
+    if query is not None and not isinstance(query, Mapping):
+        raise InvalidInputError(
+            f"query must be None, a dict of search arguments or a SearchResult, got "
+            f"{type(query).__name__}",
+            where="query",
+        )
+    cat = _resolve_catalog(cube_uri, catalog, version)
+    result = cat.search(**dict(query or {}))
+    return np.asarray(result.positions(), dtype=np.int64), cat.version
+
+
+def _compact(positions: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+    """The smallest integer dtype that holds the positions (they pickle with the dataset)."""
+    if positions.size and int(positions.max()) < 2**31 and int(positions.min()) >= 0:
+        return positions.astype(np.int32)
+    return positions
+
+
+def _plane_selection(
+    time: TimeSelection | Mapping[str, TimeSelection], sensor: SensorLayout
+) -> tuple[int, ...] | None:
+    chosen = time.get(sensor.name) if isinstance(time, Mapping) else time
+    if chosen is None:
+        return None
+    planes = (chosen,) if isinstance(chosen, int) else tuple(int(t) for t in chosen)
+    bad = [t for t in planes if not -sensor.n_time <= t < sensor.n_time]
+    if bad or not planes:
+        raise InvalidInputError(
+            f"time planes {list(planes)} are not within the {sensor.n_time} planes of the cube",
+            where=f"time ({sensor.name})",
+            fix=f"give plane indexes 0..{sensor.n_time - 1}",
+        )
+    return tuple(t % sensor.n_time for t in planes)
+
+
+def _band_selection(chosen: Sequence[str | int], sensor: SensorLayout) -> tuple[int, ...]:
+    if isinstance(chosen, str):
+        chosen = [chosen]
+    out: list[int] = []
+    for band in chosen:
+        if isinstance(band, str):
+            if band not in sensor.bands:
+                raise InvalidInputError(
+                    f"sensor {sensor.name} has no band {band!r}",
+                    where="bands",
+                    fix=f"use some of {list(sensor.bands)}",
+                )
+            out.append(sensor.bands.index(band))
+        elif -len(sensor.bands) <= int(band) < len(sensor.bands):
+            out.append(int(band) % len(sensor.bands))
+        else:
+            raise InvalidInputError(
+                f"band index {band} is out of range for {sensor.name}", where="bands"
+            )
+    if not out:
+        raise InvalidInputError(f"no bands selected for {sensor.name}", where="bands")
+    return tuple(out)
+
+
+def _norm_arrays(
+    stats: Mapping[str, Any], sensor: SensorLayout, bands: tuple[int, ...] | None
+) -> tuple[list[float], list[float]]:
+    mean = list(stats.get("mean", ()))
+    std = list(stats.get("std", ()))
+    nb_all, nb_sel = len(sensor.bands), len(bands) if bands is not None else len(sensor.bands)
+    if len(mean) != len(std) or len(mean) not in (nb_all, nb_sel):
+        raise InvalidInputError(
+            f"normalisation for {sensor.name} needs {nb_all} (or {nb_sel} selected) means and "
+            f"stds, got {len(mean)} and {len(std)}",
+            where="normalize",
+        )
+    if len(mean) == nb_all and bands is not None:
+        mean = [mean[b] for b in bands]
+        std = [std[b] for b in bands]
+    mean_f = [0.0 if m is None or not math.isfinite(m) else float(m) for m in mean]
+    std_f = [1.0 if s is None or not math.isfinite(s) or s <= 0 else float(s) for s in std]
+    return mean_f, std_f
+
+
+def _size(resize: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if resize is None:
+        return None
+    pair = (resize, resize) if isinstance(resize, int) else tuple(int(v) for v in resize)
+    if len(pair) != 2 or min(pair) < 1:
+        raise InvalidInputError(f"resize must be a size or (h, w), got {resize!r}", where="resize")
+    return pair[0], pair[1]
+
+
+# --- the dataset ----------------------------------------------------------------------------
+
+
+class TileDataset(Dataset[Sample]):
+    """Map-style dataset over the catalog rows a query selects (module docstring for samples).
+
+    Args:
+        cube: Cube directory, or a URL (``s3://bucket/cube.zarr``) read through fsspec.
+        query: ``None`` (every row), a dict of :meth:`~catalog.query.TileCatalog.search`
+            arguments, or a :class:`~catalog.query.SearchResult`.
+        version: Catalog version to pin (``None``: the latest rows).
+        sensors: Sensor groups to read (default: all of the cube's).
+        labels: Label sources to read (default: all; ``[]`` for none).
+        time: Time plane index(es) to keep, for every sensor or ``{sensor: planes}``
+            (default: all ``n_time`` planes).
+        bands: ``{sensor: [band names or indexes]}`` to keep (default: every band).
+        normalize: ``False``, ``"cube"`` (cached cube statistics, :func:`cube_stats`) or
+            ``{sensor: {"mean": [...], "std": [...]}}``.
+        transform: Called on each sample dict last; must return a sample dict (and pickle, for
+            spawn workers).
+        resize: Common ``(h, w)`` (or one int) for every raster; ``None`` keeps native sizes.
+        resize_mode: Interpolation of sensor values when resizing (``bilinear``, ``nearest``,
+            ``bicubic``, ``area``, ``nearest-exact``).
+        fill_value: Value of sensor pixels with no observation (default NaN).
+        metadata: Include ``tile_id``, ``period``, ``id``, ``epsg`` and ``transform``.
+        catalog: The catalog to query when it is not ``cube``'s (a remote cube): a local cube
+            folder or an open :class:`~catalog.query.TileCatalog`.
+        storage_options: fsspec options for a URL (``endpoint_url``, ``key``, ``secret``...).
+        stats_tiles: Most tiles :func:`cube_stats` samples when it computes statistics.
+
+    Raises:
+        InvalidInputError: An unknown sensor, label source, band or time plane, a bad query,
+            normalisation or resize argument.
+        NotFoundError: No cube or catalog.
+    """
+
+    def __init__(
+        self,
+        cube: str | Path,
+        query: SearchResult | Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        sensors: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        time: TimeSelection | Mapping[str, TimeSelection] = None,
+        bands: Mapping[str, Sequence[str | int]] | None = None,
+        normalize: Normalize = False,
+        transform: Callable[[Sample], Sample] | None = None,
+        resize: int | Sequence[int] | None = None,
+        resize_mode: str = "bilinear",
+        fill_value: float = math.nan,
+        metadata: bool = True,
+        catalog: str | Path | TileCatalog | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        stats_tiles: int = DEFAULT_STATS_TILES,
+    ) -> None:
+        self.cube_uri = _cube_uri(cube)
+        self.storage_options = dict(storage_options or {})
+        reader = open_arrays(self.cube_uri, self.storage_options)
+        layout = read_layout(reader)
+        positions, self.catalog_version = _positions_of(self.cube_uri, query, catalog, version)
+        self._positions = _compact(positions)
+        self.tiles_per_shard = layout.tiles_per_shard
+
+        cube_sensors = [s.name for s in layout.sensors]
+        chosen = list(cube_sensors if sensors is None else sensors)
+        for name in chosen:
+            if name not in cube_sensors:
+                raise InvalidInputError(
+                    f"the cube has no sensor {name!r}", where="sensors", fix=f"use {cube_sensors}"
+                )
+        self.sensors: tuple[str, ...] = tuple(chosen)
+        sources = [lab.source for lab in layout.labels]
+        chosen_labels = list(sources if labels is None else labels)
+        for source in chosen_labels:
+            if source not in sources:
+                raise InvalidInputError(
+                    f"the cube has no label source {source!r}", where="labels", fix=f"use {sources}"
+                )
+        self.labels: tuple[str, ...] = tuple(chosen_labels)
+        extra = sorted(set(bands or {}) - set(self.sensors))
+        if extra:
+            raise InvalidInputError(
+                f"bands given for sensors {extra} that are not read", where="bands"
+            )
+        self._bands = {
+            s: _band_selection(bands[s], layout.sensor(s))
+            for s in self.sensors
+            if bands and s in bands
+        }
+        self._planes = {s: _plane_selection(time, layout.sensor(s)) for s in self.sensors}
+        self._norm: dict[str, tuple[list[float], list[float]]] = {}
+        if normalize is True or normalize == "cube":
+            stats = cube_stats(
+                self.cube_uri,
+                storage_options=self.storage_options,
+                catalog=catalog,
+                version=version,
+                max_tiles=stats_tiles,
+            )["sensors"]
+            normalize = stats
+        if isinstance(normalize, str):
+            raise InvalidInputError(
+                f"normalize={normalize!r} is not known", where="normalize", fix="use 'cube'"
+            )
+        if isinstance(normalize, Mapping):
+            for s in self.sensors:
+                if s in normalize:
+                    self._norm[s] = _norm_arrays(normalize[s], layout.sensor(s), self._bands.get(s))
+        modes = ("bilinear", "nearest", "bicubic", "area", "nearest-exact")
+        if resize_mode not in modes:
+            raise InvalidInputError(
+                f"resize_mode {resize_mode!r} is not known", where="resize_mode", fix=f"use {modes}"
+            )
+        self.resize = _size(resize)
+        self.resize_mode = resize_mode
+        self.fill_value = float(fill_value)
+        self.metadata = metadata
+        self.transform = transform
+        self._layout: CubeLayout | None = None
+        self._reader: ArrayReader | None = None
+
+    # --- pickling and lazy state ------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_layout"] = None  # rebuilt from the root attributes in the worker
+        state["_reader"] = None  # opened lazily in the worker
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def _open(self) -> tuple[ArrayReader, CubeLayout]:
+        if self._reader is None:
+            self._reader = open_arrays(self.cube_uri, self.storage_options)
+        if self._layout is None:
+            self._layout = read_layout(self._reader)
+        return self._reader, self._layout
+
+    # --- public -----------------------------------------------------------------------------
+
+    @property
+    def positions(self) -> npt.NDArray[np.int64]:
+        """Cube position of every sample, in dataset order (int64, ``(len,)``)."""
+        return self._positions.astype(np.int64)
+
+    def shard_ids(self) -> npt.NDArray[np.int64]:
+        """Shard index (``position // tiles_per_shard``) of every sample (samplers group by it)."""
+        return self.positions // self.tiles_per_shard
+
+    def __len__(self) -> int:
+        return int(self._positions.size)
+
+    def __repr__(self) -> str:
+        return (
+            f"TileDataset({self.cube_uri!r}, {len(self)} rows, sensors={list(self.sensors)}, "
+            f"labels={list(self.labels)})"
+        )
+
+    def __getitem__(self, index: int) -> Sample:
+        n = len(self)
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"index {index} is out of range for {n} samples")
+        i %= n
+        position = int(self._positions[i])
+        reader, layout = self._open()
+        sample: Sample = {
+            "index": torch.tensor(i, dtype=torch.int64),
+            "position": torch.tensor(position, dtype=torch.int64),
+        }
+        for name in self.sensors:
+            self._read_sensor(reader, layout.sensor(name), position, sample)
+        for source in self.labels:
+            lab = next(lab for lab in layout.labels if lab.source == source)
+            raster = reader.read(label_path(source), position).astype(np.int64)
+            sample[f"label_{source}"] = self._resize_nearest(torch.from_numpy(raster))
+            multi = reader.read(multilabel_path(source), position)
+            values = multi.astype(np.float32)
+            if (multi == 255).any() or len(lab.class_names) != multi.size:
+                values[:] = np.nan
+            sample[f"multilabel_{source}"] = torch.from_numpy(values)
+        if self.metadata:
+            self._read_metadata(reader, position, sample)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _read_sensor(
+        self, reader: ArrayReader, sensor: SensorLayout, position: int, sample: Sample
+    ) -> None:
+        name = sensor.name
+        raw = reader.read(data_path(name), position)  # (T, B, H, W) storage dtype
+        mask = reader.read(mask_path(name), position)  # (T, H, W)
+        times = reader.read(datetime_path(name), position).astype(np.int64)  # (T,)
+        planes = self._planes.get(name)
+        if planes is not None:
+            raw, mask, times = raw[list(planes)], mask[list(planes)], times[list(planes)]
+        bands = self._bands.get(name)
+        if bands is not None:
+            raw = raw[:, list(bands)]
+        fill = _fill_of(raw, sensor)
+        values = _physical(raw, sensor)
+        norm = self._norm.get(name)
+        if norm is not None:
+            mean = np.asarray(norm[0], dtype=np.float32)[None, :, None, None]
+            std = np.asarray(norm[1], dtype=np.float32)[None, :, None, None]
+            values = (values - mean) / std
+        values[fill] = self.fill_value
+        tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))
+        if self.resize is not None and tuple(tensor.shape[-2:]) != self.resize:
+            shrink = self.resize[0] < tensor.shape[-2] or self.resize[1] < tensor.shape[-1]
+            antialias = shrink and self.resize_mode in ("bilinear", "bicubic")
+            align = False if self.resize_mode in ("bilinear", "bicubic") else None
+            tensor = tnf.interpolate(
+                tensor,
+                size=self.resize,
+                mode=self.resize_mode,
+                align_corners=align,
+                antialias=antialias,
+            )
+            mask_t = self._resize_nearest(mask_t)
+        sample[name] = tensor
+        sample[f"{name}_mask"] = mask_t
+        sample[f"{name}_time"] = torch.from_numpy(np.ascontiguousarray(times))
+
+    def _resize_nearest(self, raster: torch.Tensor) -> torch.Tensor:
+        """Nearest-exact resize of an integer ``(..., H, W)`` raster to :attr:`resize`."""
+        if self.resize is None or tuple(raster.shape[-2:]) == self.resize:
+            return raster
+        lead = raster.shape[:-2]
+        flat = raster.reshape(1, -1, *raster.shape[-2:]).to(torch.float64)
+        out = tnf.interpolate(flat, size=self.resize, mode="nearest-exact")
+        return out.to(raster.dtype).reshape(*lead, *self.resize)
+
+    def _read_metadata(self, reader: ArrayReader, position: int, sample: Sample) -> None:
+        tile_id = str(reader.read(f"{TILES_GROUP}/id", position).item())
+        period = str(reader.read(f"{TILES_GROUP}/period", position).item())
+        epsg = int(reader.read(f"{TILES_GROUP}/epsg", position).item())
+        transform = reader.read(f"{TILES_GROUP}/transform", position).astype(np.float64)
+        sample["tile_id"] = tile_id
+        sample["period"] = period
+        sample["id"] = f"{tile_id}_{period}"
+        sample["epsg"] = torch.tensor(epsg, dtype=torch.int64)
+        sample["transform"] = torch.from_numpy(np.ascontiguousarray(transform))

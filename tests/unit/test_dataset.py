@@ -1,0 +1,391 @@
+"""TileDataset, ShardAwareSampler and TileStream on a small synthetic cube (_dataset_synth)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import pickle
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from _dataset_synth import CLASSES, LS, OUTLIER, S2, build_cube, expected_sample, layout
+from torch.utils.data import DataLoader
+
+from catalog import open_catalog
+from catalog.dataset import STATS_PATH, TileDataset, cube_stats
+from catalog.sampler import ShardAwareSampler, TileStream, distributed_context
+from schemas.cube import MaskBit
+from schemas.errors import InvalidInputError
+
+N_TILES = 10
+
+
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_cube(tmp_path_factory.mktemp("ds") / "cube.zarr", n_tiles=N_TILES)
+
+
+def _physical(raw: np.ndarray, sensor: str) -> np.ndarray:
+    spec = layout().sensor(sensor)
+    assert spec.scale_factor is not None and spec.add_offset is not None
+    values = raw.astype(np.float32) * np.float32(spec.scale_factor) + np.float32(spec.add_offset)
+    values[raw == spec.nodata] = np.nan
+    return values
+
+
+def _check_sample(cube: Path, sample: dict[str, Any]) -> None:
+    position = int(sample["position"])
+    want = expected_sample(cube, position)
+    for sensor in (S2, LS):
+        np.testing.assert_allclose(
+            sample[sensor].numpy(), _physical(want[f"{sensor}/data"], sensor), rtol=1e-6
+        )
+        assert sample[sensor].dtype == torch.float32
+        np.testing.assert_array_equal(sample[f"{sensor}_mask"].numpy(), want[f"{sensor}/mask"])
+        np.testing.assert_array_equal(sample[f"{sensor}_time"].numpy(), want[f"{sensor}/datetime"])
+    np.testing.assert_array_equal(sample["label_corine"].numpy(), want["labels/corine"])
+    assert sample["label_corine"].dtype == torch.int64
+    multi = want["labels/corine_multilabel"]
+    got = sample["multilabel_corine"].numpy()
+    if (multi == 255).any():
+        assert np.isnan(got).all()
+    else:
+        np.testing.assert_array_equal(got, multi.astype(np.float32))
+    assert sample["id"] == f"{sample['tile_id']}_{sample['period']}"
+    assert int(sample["epsg"]) == 32632
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, b[key], equal_nan=True, rtol=0, atol=0)
+        else:
+            assert value == b[key]
+
+
+def test_every_sample_equals_the_cube_arrays(cube: Path) -> None:
+    ds = TileDataset(cube)
+    assert len(ds) == N_TILES
+    assert ds.positions.tolist() == list(range(N_TILES))
+    for i in range(len(ds)):
+        sample = ds[i]
+        assert int(sample["index"]) == i
+        _check_sample(cube, sample)
+    assert set(ds[0]) == {
+        "index", "position", S2, f"{S2}_mask", f"{S2}_time", LS, f"{LS}_mask", f"{LS}_time",
+        "label_corine", "multilabel_corine", "tile_id", "period", "id", "epsg", "transform",
+    }  # fmt: skip
+    assert ds[0][S2].shape == (2, 3, 24, 24) and ds[0][LS].shape == (1, 2, 8, 8)
+    with pytest.raises(IndexError):
+        ds[N_TILES]
+
+
+def test_fill_value_zero_and_no_metadata(cube: Path) -> None:
+    ds = TileDataset(cube, fill_value=0.0, metadata=False, labels=[])
+    sample = ds[1]
+    assert "tile_id" not in sample and "label_corine" not in sample
+    raw = expected_sample(cube, 1)[f"{S2}/data"]
+    got = sample[S2].numpy()
+    assert (got[raw == -32768] == 0.0).all() and not np.isnan(got).any()
+
+
+def test_query_dict_version_and_search_result(cube: Path) -> None:
+    train = TileDataset(cube, {"split": "train"}, version=1)
+    assert train.positions.tolist() == [i for i in range(N_TILES) if i % 3]
+    assert train.catalog_version == 1
+    result = open_catalog(cube).search(split="val")
+    val = TileDataset(cube, result, sensors=[LS], labels=["corine"])
+    assert val.positions.tolist() == result.positions()
+    assert set(val[0]) >= {LS, f"{LS}_mask", "label_corine"} and S2 not in val[0]
+    with pytest.raises(InvalidInputError, match="split"):
+        TileDataset(cube, {"split": "nope"})
+
+
+@pytest.mark.parametrize(
+    ("num_workers", "start_method", "batch_size"),
+    [(0, None, None), (2, "fork", 4), (2, "spawn", None), (2, "forkserver", 3)],
+)
+def test_dataloader_workers_and_start_methods(
+    cube: Path, num_workers: int, start_method: str | None, batch_size: int | None
+) -> None:
+    ds = TileDataset(cube)
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        multiprocessing_context=start_method,
+        sampler=ShardAwareSampler(ds, seed=3),
+    )
+    seen: list[int] = []
+    for batch in loader:
+        if batch_size is None:
+            samples = [batch]
+        else:
+            n = len(batch["position"])
+            assert batch[S2].shape == (n, 2, 3, 24, 24)
+            assert isinstance(batch["tile_id"], list)
+            samples = [{k: v[j] for k, v in batch.items()} for j in range(n)]
+        for sample in samples:
+            _same(sample, ds[int(sample["index"])])
+            seen.append(int(sample["position"]))
+    assert sorted(seen) == list(range(N_TILES))
+    _check_sample(cube, ds[4])
+
+
+def test_dataset_pickles_small_and_reopens(cube: Path) -> None:
+    ds = TileDataset(cube, normalize="cube")
+    first = ds[2]  # opens the reader: handles must not be pickled
+    clone = pickle.loads(pickle.dumps(ds))
+    _same(clone[2], first)
+    # Thousands of rows: ~4 bytes a row (int32 positions), a fixed few KB otherwise.
+    ds._positions = np.arange(5000, dtype=np.int32)
+    size = len(pickle.dumps(ds))
+    assert size < 5000 * 4 + 4096, size
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+def test_bands_and_time_subset(cube: Path) -> None:
+    full = TileDataset(cube)[5]
+    sub = TileDataset(cube, bands={S2: ["B04", "B02"], LS: [1]}, time={S2: 1})[5]
+    torch.testing.assert_close(sub[S2], full[S2][[1]][:, [2, 0]], equal_nan=True)
+    torch.testing.assert_close(sub[f"{S2}_mask"], full[f"{S2}_mask"][[1]])
+    torch.testing.assert_close(sub[f"{S2}_time"], full[f"{S2}_time"][[1]])
+    torch.testing.assert_close(sub[LS], full[LS][:, [1]], equal_nan=True)
+    with pytest.raises(InvalidInputError, match="no band"):
+        TileDataset(cube, bands={S2: ["B99"]})
+    with pytest.raises(InvalidInputError, match="time planes"):
+        TileDataset(cube, time=2)
+    with pytest.raises(InvalidInputError, match="no sensor"):
+        TileDataset(cube, sensors=["sentinel-9"])
+
+
+def test_resize_to_common_size(cube: Path) -> None:
+    full = TileDataset(cube, fill_value=0.0)[3]
+    ds = TileDataset(cube, resize=12, fill_value=0.0)
+    small = ds[3]
+    assert small[S2].shape == (2, 3, 12, 12) and small[LS].shape == (1, 2, 12, 12)
+    assert small[f"{S2}_mask"].shape == (2, 12, 12) and small[f"{S2}_mask"].dtype == torch.uint8
+    assert small["label_corine"].shape == (12, 12) and small["label_corine"].dtype == torch.int64
+    # nearest-exact for masks and labels: output pixel i takes input pixel floor((i + 0.5) * 2).
+    np.testing.assert_array_equal(small["label_corine"].numpy(), full["label_corine"][1::2, 1::2])
+    assert set(small[f"{LS}_mask"].unique().tolist()) <= set(full[f"{LS}_mask"].unique().tolist())
+    src = np.floor((np.arange(12) + 0.5) * 8 / 12).astype(int)  # 8 px Landsat -> 12 px
+    np.testing.assert_array_equal(
+        small[f"{LS}_mask"][0].numpy(), full[f"{LS}_mask"][0].numpy()[np.ix_(src, src)]
+    )
+    # Same size as native: untouched.
+    same = TileDataset(cube, resize=(24, 24), fill_value=0.0)[3]
+    torch.testing.assert_close(same[S2], full[S2])
+    up = TileDataset(cube, resize=24, resize_mode="nearest", fill_value=0.0)[3]
+    torch.testing.assert_close(up[LS][0, 0, ::3, ::3], full[LS][0, 0])
+
+
+# --- normalisation ---------------------------------------------------------------------------
+
+
+def _valid_stats(cube: Path, sensor: str) -> tuple[np.ndarray, np.ndarray]:
+    values, keep = [], []
+    for position in range(N_TILES):
+        want = expected_sample(cube, position)
+        raw = want[f"{sensor}/data"]
+        phys = _physical(raw, sensor).astype(np.float64)
+        valid = ((want[f"{sensor}/mask"] & int(MaskBit.VALID)) != 0)[:, None] & np.isfinite(phys)
+        values.append(np.moveaxis(phys, 1, 0).reshape(phys.shape[1], -1))
+        keep.append(np.moveaxis(valid, 1, 0).reshape(phys.shape[1], -1))
+    v, k = np.concatenate(values, axis=1), np.concatenate(keep, axis=1)
+    mean = np.array([v[b][k[b]].mean() for b in range(v.shape[0])])
+    std = np.array([v[b][k[b]].std() for b in range(v.shape[0])])
+    return mean, std
+
+
+def test_stats_over_valid_pixels_only_and_cached(tmp_path: Path) -> None:
+    cube = build_cube(tmp_path / "cube.zarr", n_tiles=6, seed=7)
+    stats = cube_stats(cube)
+    path = cube / STATS_PATH
+    assert path.is_file()
+    for sensor in (S2, LS):
+        mean, std = _valid_stats_n(cube, sensor, 6)
+        np.testing.assert_allclose(stats["sensors"][sensor]["mean"], mean, rtol=1e-5)
+        np.testing.assert_allclose(stats["sensors"][sensor]["std"], std, rtol=1e-4)
+    # The masked outliers (CLOUD pixels hold 30000 -> 2.9) would pull the mean far up.
+    outlier = OUTLIER * 1e-4 - 0.1
+    assert max(stats["sensors"][S2]["mean"]) < 0.25 < outlier
+    # Cached: the file is read, not recomputed (an edit shows through).
+    doc = json.loads(path.read_text())
+    doc["sensors"][LS]["mean"] = [1.0, 2.0]
+    path.write_text(json.dumps(doc))
+    assert cube_stats(cube)["sensors"][LS]["mean"] == [1.0, 2.0]
+    assert cube_stats(cube, refresh=True)["sensors"][LS]["mean"] != [1.0, 2.0]
+    assert not list(path.parent.glob(".stats-*"))  # no temporary file left
+
+
+def _valid_stats_n(cube: Path, sensor: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    global N_TILES
+    saved, N_TILES = N_TILES, n
+    try:
+        return _valid_stats(cube, sensor)
+    finally:
+        N_TILES = saved
+
+
+def test_stats_sample_is_bounded(tmp_path: Path) -> None:
+    cube = build_cube(tmp_path / "cube.zarr", n_tiles=9, seed=1)
+    stats = cube_stats(cube, max_tiles=3)
+    assert stats["positions"] == [0, 4, 8]
+    assert stats["sensors"][S2]["count"][0] > 0
+
+
+def test_normalize_cube_and_dict(cube: Path) -> None:
+    raw = TileDataset(cube)[0]
+    ds = TileDataset(cube, normalize="cube")
+    mean, std = _valid_stats(cube, S2)
+    got = ds[0][S2].numpy()
+    want = (raw[S2].numpy() - mean[None, :, None, None]) / std[None, :, None, None]
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-4, atol=1e-4)
+    assert np.isnan(got).sum() == np.isnan(raw[S2].numpy()).sum()  # fill stays fill
+    given = {LS: {"mean": [0.1, 0.2], "std": [2.0, 4.0]}}
+    sub = TileDataset(cube, normalize=given, bands={LS: ["nir08"]})[0]
+    torch.testing.assert_close(sub[LS], (raw[LS][:, [1]] - 0.2) / 4.0, equal_nan=True)
+    torch.testing.assert_close(sub[S2], raw[S2], equal_nan=True)  # not given: not normalised
+    with pytest.raises(InvalidInputError, match="normalize"):
+        TileDataset(cube, normalize="imagenet")
+    with pytest.raises(InvalidInputError, match="normalisation"):
+        TileDataset(cube, normalize={LS: {"mean": [0.0], "std": [1.0, 2.0]}})
+
+
+def test_transform_is_applied(cube: Path) -> None:
+    ds = TileDataset(cube, transform=_drop_landsat)
+    assert LS not in ds[0] and S2 in ds[0]
+
+
+def _drop_landsat(sample: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sample.items() if not k.startswith(LS)}
+
+
+# --- samplers ----------------------------------------------------------------------------------
+
+
+class _Shards:
+    """A stand-in dataset: ``n`` rows whose positions run over shards of ``k``, some skipped."""
+
+    def __init__(self, n: int, k: int = 8) -> None:
+        rng = np.random.default_rng(0)
+        self.positions = np.sort(rng.choice(np.arange(n * 2), size=n, replace=False))
+        self.k = k
+
+    def __len__(self) -> int:
+        return int(self.positions.size)
+
+    def shard_ids(self) -> np.ndarray:
+        return self.positions // self.k
+
+    def __getitem__(self, index: int) -> int:
+        return int(self.positions[index])
+
+
+def _runs(order: list[int], shards: np.ndarray) -> int:
+    ids = [int(shards[i]) for i in order]
+    return 1 + sum(a != b for a, b in itertools.pairwise(ids))
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("n", [203, 200])
+def test_ddp_sampler_covers_every_index_once(world: int, n: int) -> None:
+    ds = _Shards(n)
+    shards = ds.shard_ids()
+    n_shards = len(set(shards.tolist()))
+    orders: list[list[int]] = []
+    for epoch in (0, 1):
+        # No padding: exactly once across ranks.
+        parts = []
+        for rank in range(world):
+            s = ShardAwareSampler(ds, rank=rank, world_size=world, equal_lengths=False, seed=5)
+            s.set_epoch(epoch)
+            parts.append(list(s))
+            assert len(parts[-1]) == len(s)
+        merged = [i for p in parts for i in p]
+        assert sorted(merged) == list(range(n))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+        orders.append(merged)
+        # Shard-grouped: the epoch order visits each shard in one run.
+        assert _runs(merged, shards) == n_shards
+        # Default (DistributedSampler-like padding): equal lengths, every index, pad duplicates.
+        padded = [list(_sampler(ds, rank, world, epoch, drop_last=False)) for rank in range(world)]
+        assert len({len(p) for p in padded}) == 1 and len(padded[0]) == math.ceil(n / world)
+        counts = Counter(i for p in padded for i in p)
+        assert set(counts) == set(range(n))
+        assert sum(c - 1 for c in counts.values()) == (-n) % world
+        # drop_last: equal lengths, no duplicates, n % world dropped.
+        dropped = [list(_sampler(ds, rank, world, epoch, drop_last=True)) for rank in range(world)]
+        flat = [i for p in dropped for i in p]
+        assert len(flat) == len(set(flat)) == n - n % world
+    assert orders[0] != orders[1]  # set_epoch reshuffles
+    again = ShardAwareSampler(ds, rank=0, world_size=1, seed=5)
+    again.set_epoch(1)
+    assert list(again) == (orders[1] if world == 1 else list(again))  # deterministic
+
+
+def _sampler(ds: _Shards, rank: int, world: int, epoch: int, drop_last: bool) -> ShardAwareSampler:
+    s = ShardAwareSampler(ds, rank=rank, world_size=world, drop_last=drop_last, seed=5)
+    s.set_epoch(epoch)
+    return s
+
+
+def test_sampler_no_shuffle_and_rank_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = _Shards(50)
+    assert list(ShardAwareSampler(ds, shuffle=False)) == list(range(50))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed_context() == (1, 2)
+    s = ShardAwareSampler(ds, shuffle=False)
+    assert (s.rank, s.world_size) == (1, 2) and list(s) == list(range(25, 50))
+    with pytest.raises(InvalidInputError):
+        distributed_context(rank=2, world_size=2)
+
+
+@pytest.mark.parametrize(("world", "workers"), [(1, 0), (2, 2), (4, 1)])
+def test_tile_stream_yields_every_sample_once(world: int, workers: int) -> None:
+    ds = _Shards(97, k=4)
+    for epoch, shuffle in ((0, False), (1, True)):
+        seen: list[int] = []
+        for rank in range(world):
+            stream = TileStream(ds, rank=rank, world_size=world, shuffle=shuffle, seed=2)
+            stream.set_epoch(epoch)
+            loader = DataLoader(stream, batch_size=None, num_workers=workers)
+            got = [int(v) for v in loader]
+            seen.extend(got)
+        assert sorted(seen) == sorted(ds.positions.tolist())
+        # Per consumer: whole shards (each shard in one consumer only), ascending positions.
+        n_consumers = world * max(1, workers)
+        stream = TileStream(ds, world_size=1, shuffle=shuffle, seed=2)
+        owner: dict[int, int] = {}
+        for c in range(n_consumers):
+            indices = stream.consumer_indices(c, n_consumers)
+            shards = ds.shard_ids()[indices]
+            assert _runs(list(range(len(indices))), shards) == len(set(shards.tolist()))
+            for shard in set(shards.tolist()):
+                assert owner.setdefault(shard, c) == c
+                inside = ds.positions[np.asarray(indices)[shards == shard]]
+                assert (np.diff(inside) > 0).all()
+
+
+def test_tile_stream_over_the_dataset(cube: Path) -> None:
+    ds = TileDataset(cube, sensors=[S2], labels=[])
+    seen = []
+    for rank in range(2):
+        loader = DataLoader(TileStream(ds, rank=rank, world_size=2), batch_size=2, num_workers=2)
+        for batch in loader:
+            seen.extend(batch["position"].tolist())
+    assert sorted(seen) == list(range(N_TILES))
+
+
+def test_class_names_match_layout() -> None:
+    assert layout().labels[0].class_names == CLASSES
