@@ -1,0 +1,589 @@
+"""Training reads: tile readers, DataLoader throughput against its ceiling, and TorchGeo.
+
+Two cubes, side by side in one run:
+
+* ``demo``: ``build/demo.zarr`` (``make demo``), skipped with a note when absent;
+* ``gen``: a generated cube with the cube's real encoding: ``N`` Sentinel-2-like tiles of
+  (1 time, 10 bands, 120 x 120) int16 reflectance (smooth fields plus noise), chunks of one tile,
+  shards of 64 tiles, Blosc LZ4 bit-shuffle (the default :class:`schemas.cube.CodecSpec`). It is
+  cached under the system temp folder and rebuilt when its parameters change.
+
+Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
+
+1. ``read <cube>: <reader>``: one process reads ``data[position]`` for every position:
+   zarr-python ``arr[pos]`` (baseline), tensorstore, and :mod:`catalog._chunks`.
+2. ``ceiling <cube>``: the same chunk bytes (``os.pread``) decoded with the same codec into a
+   reused buffer, no framework, on 2 processes: what a loader could reach on this machine.
+3. ``loader <cube>: <dataset>[<reader>]``: ``DataLoader(num_workers=2, batch_size=16)`` over a
+   minimal map-style dataset of the slab (``SlabDataset``) with each reader, and over
+   :class:`catalog.dataset.TileDataset` on the demo cube (which reads every sensor, mask,
+   label and metadata array and converts to float32). Ratio = loader / ceiling throughput.
+   ``extra`` has MB/s (decoded bytes) and the workers' peak and growth of RSS over the epoch.
+4. ``torchgeo gen``: the same tiles as one GeoTIFF each (deflate, 256 x 256 blocks), read with
+   TorchGeo's ``RasterDataset`` + ``RandomGeoSampler(size=120)`` in the same DataLoader setup,
+   in a separate venv (torchvision does not install beside this project's torch) run as a
+   subprocess that prints JSON. The venv is ``$EOFORGE_TORCHGEO_PYTHON``,
+   ``benchmarks/.venv-torchgeo`` or ``/tmp/tg-venv``; the case is skipped with a note when none
+   exists (create one with ``python -m venv /tmp/tg-venv && /tmp/tg-venv/bin/pip install
+   torch==2.14.1 torchvision==0.29.1 torchgeo``). Its ``extra`` has ``eoforge_speedup``: the
+   ``SlabDataset[_chunks]`` loader's throughput over TorchGeo's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from benchmarks._harness import Measurement, time_median
+from benchmarks.bench_codecs import _chunk
+from catalog._chunks import ArrayReader, open_arrays
+from schemas.cube import CodecSpec
+
+NAME = "loader"
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "build" / "demo.zarr"
+GEN_PATH = "s2/data"
+BATCH = 16
+WORKERS = 2
+_TORCHGEO_PYTHONS = (
+    os.environ.get("EOFORGE_TORCHGEO_PYTHON", ""),
+    str(ROOT / "benchmarks" / ".venv-torchgeo" / "bin" / "python"),
+    "/tmp/tg-venv/bin/python",
+)
+
+
+# --- readers (picklable; open lazily in each process) ---------------------------------------
+
+
+class ZarrReader:
+    """``zarr.open_array(...)[position]``: what zarr-python users write."""
+
+    def __init__(self, cube: str) -> None:
+        self.cube = cube
+        self._arrays: dict[str, Any] = {}
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cube": self.cube}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["cube"])  # type: ignore[misc]
+
+    def read(self, path: str, position: int) -> npt.NDArray[Any]:
+        import zarr
+
+        if self._pid != os.getpid():
+            self._arrays, self._pid = {}, os.getpid()
+        arr = self._arrays.get(path)
+        if arr is None:
+            arr = self._arrays[path] = zarr.open_array(f"{self.cube}/{path}", mode="r")
+        return np.asarray(arr[position])
+
+
+class TensorstoreReader(ZarrReader):
+    """tensorstore's ``zarr3`` driver, ``arr[position].read().result()``."""
+
+    def read(self, path: str, position: int) -> npt.NDArray[Any]:
+        import tensorstore as ts
+
+        if self._pid != os.getpid():
+            self._arrays, self._pid = {}, os.getpid()
+        arr = self._arrays.get(path)
+        if arr is None:
+            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{self.cube}/{path}"}}
+            arr = self._arrays[path] = ts.open(spec, read=True).result()
+        return np.asarray(arr[position].read().result())
+
+
+class ChunksReader:
+    """:mod:`catalog._chunks` (pread + numcodecs decode into the output)."""
+
+    def __init__(self, cube: str) -> None:
+        self.reader: ArrayReader = open_arrays(cube)
+
+    def read(self, path: str, position: int) -> npt.NDArray[Any]:
+        return self.reader.read(path, position)
+
+
+def _tensorstore_ok() -> bool:
+    # Never import tensorstore here: once loaded, it aborts any later fork() of this process.
+    return importlib.util.find_spec("tensorstore") is not None
+
+
+def _readers(cube: str) -> dict[str, Any]:
+    readers: dict[str, Any] = {"zarr-python": ZarrReader(cube)}
+    if _tensorstore_ok():
+        readers["tensorstore"] = TensorstoreReader(cube)
+    readers["_chunks"] = ChunksReader(cube)
+    return readers
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+
+class SlabDataset:
+    """Minimal map-style dataset: sample ``i`` is ``torch.from_numpy(data[positions[i]])``."""
+
+    def __init__(self, reader: Any, path: str, positions: npt.NDArray[np.int64]) -> None:
+        self.reader, self.path, self.positions = reader, path, positions
+
+    def __len__(self) -> int:
+        return int(self.positions.size)
+
+    def __getitem__(self, i: int) -> Any:
+        import torch
+
+        return torch.from_numpy(self.reader.read(self.path, int(self.positions[i])))
+
+
+def _rss_kb(pid: int) -> tuple[int, int]:
+    """(current, peak) resident set of ``pid`` in kB, from /proc (0, 0 where unavailable)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0, 0
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return (
+        int(fields.get("VmRSS", "0 kB").split()[0]),
+        int(fields.get("VmHWM", "0 kB").split()[0]),
+    )
+
+
+def _loader(dataset: Any, context: str) -> Any:
+    """``DataLoader(num_workers=2, batch_size=16)``, workers kept between epochs."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        dataset,
+        batch_size=BATCH,
+        num_workers=WORKERS,
+        shuffle=True,
+        persistent_workers=True,
+        multiprocessing_context=context,
+    )
+
+
+def _epoch(loader: Any, rss: dict[str, float] | None = None) -> int:
+    """One epoch of ``loader``; bytes of the samples."""
+    it: Iterator[Any] = iter(loader)
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+    nbytes = 0
+    after_warmup: list[int] = []
+    last: list[tuple[int, int]] = []
+    for seen, batch in enumerate(it, start=1):
+        values = batch.values() if isinstance(batch, dict) else [batch]
+        nbytes += sum(int(v.nbytes) for v in values if hasattr(v, "nbytes"))
+        if pids and (seen == 2 * WORKERS or seen % 8 == 0):
+            last = [_rss_kb(p) for p in pids]
+            if not after_warmup:
+                after_warmup = [cur for cur, _ in last]
+    if rss is not None and last and after_warmup:
+        rss["worker_peak_rss_mb"] = round(max(peak for _, peak in last) / 1024, 1)
+        rss["worker_rss_growth_mb"] = round(
+            max(cur - w for (cur, _), w in zip(last, after_warmup, strict=True)) / 1024, 1
+        )
+    return nbytes
+
+
+# --- the ceiling: pread + decode, no framework ----------------------------------------------
+
+
+def _chunk_ranges(cube: str, paths: list[str], positions: npt.NDArray[np.int64]) -> list[Any]:
+    """(file, offset, nbytes, decoded nbytes) of every stored inner chunk of the slabs."""
+    reader = open_arrays(cube)
+    ranges = []
+    for path in paths:
+        meta = reader.meta(path)
+        cpo = meta.chunks_per_outer
+        slab_chunks = [
+            range(-(-s // c)) for s, c in zip(meta.shape[1:], meta.inner[1:], strict=True)
+        ]
+        for pos in positions:
+            for rest in np.ndindex(*(len(r) for r in slab_chunks)):
+                coords = (int(pos) // meta.inner[0], *rest)
+                outer = tuple(c // n for c, n in zip(coords, cpo, strict=True))
+                key = meta.key(outer)
+                index = reader._shard_index(meta, key) if meta.sharded else None
+                if index is None:
+                    continue
+                local = tuple(c % n for c, n in zip(coords, cpo, strict=True))
+                off, n = (int(v) for v in index[np.ravel_multi_index(local, cpo)])
+                if off != 2**64 - 1:
+                    ranges.append((f"{cube}/{key}", off, n, meta.chunk_nbytes))
+    return ranges
+
+
+def _ceiling_worker(ranges: list[Any]) -> int:
+    from numcodecs import blosc
+
+    fds: dict[str, int] = {}
+    buf = bytearray(max((r[2] for r in ranges), default=1))
+    out = np.empty(max((r[3] for r in ranges), default=1), dtype=np.uint8)
+    total = 0
+    for fname, off, n, size in ranges:
+        fd = fds.get(fname)
+        if fd is None:
+            fd = fds[fname] = os.open(fname, os.O_RDONLY)
+        view = memoryview(buf)[:n]
+        os.preadv(fd, [view], off)
+        blosc.decompress(view, out[:size])
+        total += size
+    for fd in fds.values():
+        os.close(fd)
+    return total
+
+
+def _ceiling(ranges: list[Any], repeats: int, epochs: int) -> float:
+    halves = [ranges[0::2] * epochs, ranges[1::2] * epochs]
+    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+
+        def once() -> None:
+            pool.map(_ceiling_worker, halves)
+
+        return time_median(once, repeats=repeats)
+
+
+# --- the generated cube ---------------------------------------------------------------------
+
+
+def _generated_cube(n_tiles: int) -> Path:
+    """``n_tiles`` S2-like tiles in the cube's encoding (module docstring), cached."""
+    import zarr
+
+    root = Path(tempfile.gettempdir()) / f"eoforge-bench-loader-{n_tiles}.zarr"
+    marker = root / "complete-v1"
+    if marker.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    zarr.open_group(str(root), mode="w", zarr_format=3)
+    k = 64
+    arr = zarr.create_array(
+        str(root),
+        name=GEN_PATH,
+        shape=(n_tiles, 1, 10, 120, 120),
+        chunks=(1, 1, 10, 120, 120),
+        shards=(k, 1, 10, 120, 120),
+        dtype="int16",
+        fill_value=-32768,
+        compressors=CodecSpec().zarr_compressors(),
+    )
+    rng = np.random.default_rng(0)
+    bases = [_chunk(rng, bands=10, size=120) for _ in range(16)]
+    for start in range(0, n_tiles, k):
+        stop = min(start + k, n_tiles)
+        block = np.stack(
+            [np.roll(bases[i % 16], i % 37, axis=-1) + (i % 11) for i in range(start, stop)]
+        )[:, None]
+        arr[start:stop] = block
+    marker.write_text("ok\n")
+    return root
+
+
+def _geotiffs(cube: Path, n_tiles: int) -> Path:
+    """The generated tiles as GeoTIFFs, one per tile, spaced a tile apart (cached)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    folder = cube.with_suffix(".tifs")
+    marker = folder / "complete-v1"
+    if marker.exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    reader = open_arrays(str(cube))
+    per_row = 64
+    for i in range(n_tiles):
+        tile = reader.read(GEN_PATH, i)[0]
+        x0 = 500_000 + (i % per_row) * 2400.0  # one tile (1200 m) gap between tiles
+        y0 = 5_000_000 - (i // per_row) * 2400.0
+        profile = {
+            "driver": "GTiff",
+            "width": 120,
+            "height": 120,
+            "count": 10,
+            "dtype": "int16",
+            "crs": "EPSG:32632",
+            "transform": from_origin(x0, y0, 10.0, 10.0),
+            "compress": "deflate",
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "nodata": -32768,
+        }
+        with rasterio.open(folder / f"tile_{i:05d}.tif", "w", **profile) as dst:
+            dst.write(tile)
+    marker.write_text("ok\n")
+    return folder
+
+
+_TORCHGEO_SCRIPT = r"""
+import json, sys, time, resource
+from torch.utils.data import DataLoader
+from torchgeo.datasets import RasterDataset, stack_samples
+from torchgeo.samplers import RandomGeoSampler
+
+folder, n, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+class Tiles(RasterDataset):
+    filename_glob = "tile_*.tif"
+    is_image = True
+ds = Tiles(paths=folder)
+times = []
+for _ in range(repeats):
+    sampler = RandomGeoSampler(ds, size=120, length=n)
+    loader = DataLoader(ds, sampler=sampler, batch_size=16, num_workers=2,
+                        collate_fn=stack_samples)
+    t0 = time.perf_counter()
+    nbytes = 0
+    for batch in loader:
+        nbytes += batch["image"].numel() * 2  # int16 on disk; torchgeo returns float32
+    times.append(time.perf_counter() - t0)
+times.sort()
+print(json.dumps({"median_s": times[len(times) // 2], "samples": n, "bytes": nbytes}))
+"""
+
+
+def _torchgeo(folder: Path, n: int, repeats: int) -> dict[str, Any] | str:
+    python = next((p for p in _TORCHGEO_PYTHONS if p and Path(p).exists()), None)
+    if python is None:
+        return "no torchgeo venv (module docstring says how to create one)"
+    proc = subprocess.run(
+        [python, "-c", _TORCHGEO_SCRIPT, str(folder), str(n), str(repeats)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return f"torchgeo run failed: {proc.stderr.strip().splitlines()[-1:]}"
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+def _time_reads(reader: Any, path: str, positions: npt.NDArray[np.int64], repeats: int) -> float:
+    def epoch() -> None:
+        for pos in positions:
+            reader.read(path, int(pos))
+
+    return time_median(epoch, repeats=repeats, warmup=1)
+
+
+def _measure_readers(
+    tag: str, cube: str, path: str, positions: npt.NDArray[np.int64], repeats: int
+) -> list[Measurement]:
+    results = []
+    slab = int(np.prod(open_arrays(cube).shape(path)[1:])) * 2
+    for name, reader in _readers(cube).items():
+        if name == "tensorstore":  # in a spawned process: see _tensorstore_ok
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                med = pool.apply(_time_reads, (reader, path, positions, repeats))
+        else:
+            med = _time_reads(reader, path, positions, repeats)
+        results.append(
+            Measurement(
+                NAME,
+                f"read {tag}: {name}",
+                None if name == "zarr-python" else f"read {tag}: zarr-python",
+                med,
+                repeats,
+                float(positions.size),
+                "samples",
+                extra={"MB_s": round(positions.size * slab / med / 1e6, 1), "processes": 1},
+            )
+        )
+    return results
+
+
+def _loader_case(
+    tag: str,
+    case: str,
+    dataset: Any,
+    repeats: int,
+    epochs: int,
+    context: str = "fork",
+) -> Measurement:
+    """Steady-state throughput: one warm-up epoch (worker start), then ``epochs`` per repeat."""
+    loader = _loader(dataset, context)
+    sizes: list[int] = []
+    rss: dict[str, float] = {}
+
+    def run_epochs() -> None:
+        sizes.append(sum(_epoch(loader, rss) for _ in range(epochs)))
+
+    med = time_median(run_epochs, repeats=repeats, warmup=1)
+    return Measurement(
+        NAME,
+        f"loader {tag}: {case}",
+        f"ceiling {tag}",
+        med,
+        repeats,
+        float(len(dataset) * epochs),
+        "samples",
+        extra={"MB_s": round(sizes[-1] / med / 1e6, 1), "context": context, **rss},
+    )
+
+
+def _cube_cases(
+    tag: str,
+    cube: str,
+    paths: list[str],
+    positions: npt.NDArray[np.int64],
+    repeats: int,
+    epochs: int,
+) -> list[Measurement]:
+    """Readers, ceiling and loaders on one cube (``paths[0]`` is the slab array)."""
+    results = _measure_readers(tag, cube, paths[0], positions, repeats)
+    ranges = _chunk_ranges(cube, paths[:1], positions)
+    ceiling = _ceiling(ranges, repeats, epochs)
+    decoded = sum(r[3] for r in ranges)
+    results.append(
+        Measurement(
+            NAME,
+            f"ceiling {tag}",
+            None,
+            ceiling,
+            repeats,
+            float(positions.size * epochs),
+            "samples",
+            extra={"MB_s": round(decoded * epochs / ceiling / 1e6, 1), "processes": WORKERS},
+        )
+    )
+    for name, reader in _readers(cube).items():
+        results.append(
+            _loader_case(
+                tag,
+                f"SlabDataset[{name}]",
+                SlabDataset(reader, paths[0], positions),
+                repeats,
+                epochs,
+                # tensorstore aborts in forked children of a process that loaded it.
+                context="spawn" if name == "tensorstore" else "fork",
+            )
+        )
+    return results
+
+
+def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
+    """TileDataset on the demo cube with its reader and with ``_chunks`` patched in."""
+    try:
+        import catalog.dataset as dsmod
+    except ImportError as err:
+        print(f"  loader: TileDataset not importable ({err}); skipped")
+        return []
+    cube = str(DEMO)
+    n = len(dsmod.TileDataset(cube))
+    paths = []
+    reader = open_arrays(cube)
+    layout_attrs = reader.root_attrs()
+    from schemas.cube import CubeLayout
+
+    layout = CubeLayout.from_root_attrs(layout_attrs)
+    for spec in layout.arrays:
+        if spec.has_tile_axis and spec.shards is not None:
+            paths.append(spec.path)
+    positions = dsmod.TileDataset(cube).positions
+    ranges = _chunk_ranges(cube, paths, positions)
+    ceiling = _ceiling(ranges, repeats, epochs)
+    decoded = sum(r[3] for r in ranges)
+    results = [
+        Measurement(
+            NAME,
+            "ceiling demo, all raster arrays",
+            None,
+            ceiling,
+            repeats,
+            float(n * epochs),
+            "samples",
+            extra={"MB_s": round(decoded * epochs / ceiling / 1e6, 1), "arrays": len(paths)},
+        )
+    ]
+    # The dataset's module-level reader factory, swapped for the comparison (forked workers
+    # inherit the swap).
+    original = getattr(dsmod, "open_arrays")  # noqa: B009
+    try:
+        for name, factory in (("_arrays", original), ("_chunks", open_arrays)):
+            setattr(dsmod, "open_arrays", factory)  # noqa: B010
+            m = _loader_case(
+                "demo", f"TileDataset[{name}]", dsmod.TileDataset(cube), repeats, epochs
+            )
+            results.append(
+                Measurement(
+                    m.bench,
+                    m.case,
+                    "ceiling demo, all raster arrays",
+                    m.median_s,
+                    m.repeats,
+                    m.unit_count,
+                    m.unit,
+                    extra=m.extra,
+                )
+            )
+    finally:
+        setattr(dsmod, "open_arrays", original)  # noqa: B010
+    return results
+
+
+def run(quick: bool = False) -> list[Measurement]:
+    """Readers, loaders, ceiling and TorchGeo on the demo and the generated cube."""
+    repeats = 1 if quick else 3
+    n_gen = 384 if quick else 2000
+    results: list[Measurement] = []
+    if (DEMO / "zarr.json").exists():
+        path = "sentinel-2-l2a/data"
+        positions = np.arange(open_arrays(str(DEMO)).shape(path)[0], dtype=np.int64)
+        epochs = max(1, (400 if quick else 2000) // positions.size)
+        results += _cube_cases("demo", str(DEMO), [path], positions, max(repeats, 3), epochs)
+        results += _tile_dataset_cases(max(repeats, 2), epochs)
+    else:
+        print(f"  loader: no demo cube at {DEMO} (make demo); demo cases skipped")
+    t0 = time.perf_counter()
+    gen = _generated_cube(n_gen)
+    print(f"  loader: generated cube {gen} ready in {time.perf_counter() - t0:.1f} s")
+    positions = np.arange(n_gen, dtype=np.int64)
+    results += _cube_cases("gen", str(gen), [GEN_PATH], positions, repeats, 1)
+    ours = next(m for m in results if m.case == "loader gen: SlabDataset[_chunks]")
+    n_tg = n_gen if not quick else 256
+    tifs = _geotiffs(gen, n_gen)
+    tg = _torchgeo(tifs, n_tg, repeats)
+    if isinstance(tg, str):
+        print(f"  loader: TorchGeo skipped: {tg}")
+    else:
+        per_sample_ours = ours.median_s / ours.unit_count
+        per_sample_tg = tg["median_s"] / tg["samples"]
+        results.append(
+            Measurement(
+                NAME,
+                "torchgeo gen: RasterDataset+RandomGeoSampler (GeoTIFF deflate)",
+                None,
+                tg["median_s"],
+                repeats,
+                float(tg["samples"]),
+                "samples",
+                extra={
+                    "MB_s": round(tg["bytes"] / tg["median_s"] / 1e6, 1),
+                    "eoforge_speedup": round(per_sample_tg / per_sample_ours, 1),
+                },
+            )
+        )
+    return results
+
+
+if __name__ == "__main__":
+    for m in run(quick="--quick" in sys.argv):
+        print(json.dumps(m.to_dict()))
