@@ -150,6 +150,31 @@ class SlabDataset:
         return torch.from_numpy(self.reader.read(self.path, int(self.positions[i])))
 
 
+class SlabBatchDataset(SlabDataset):
+    """``SlabDataset`` with ``__getitems__``: a batch decoded straight into one shared tensor.
+
+    The DataLoader calls ``__getitems__`` with the batch's indexes; each slab is decoded into
+    its row of a shared-memory ``(batch, ...)`` tensor, so there is no per-sample allocation and
+    no stacking copy (use with ``collate_fn=_as_batch``).
+    """
+
+    def __getitems__(self, indexes: list[int]) -> Any:
+        import torch
+
+        reader: ArrayReader = self.reader.reader
+        shape = (len(indexes), *reader.shape(self.path)[1:])
+        dtype = getattr(torch, str(reader.dtype(self.path)))
+        batch = torch.empty(shape, dtype=dtype).share_memory_()  # type: ignore[no-untyped-call]
+        rows = batch.numpy()
+        for row, i in enumerate(indexes):
+            reader.read(self.path, int(self.positions[i]), out=rows[row])
+        return batch
+
+
+def _as_batch(batch: Any) -> Any:
+    return batch
+
+
 def _rss_kb(pid: int) -> tuple[int, int]:
     """(current, peak) resident set of ``pid`` in kB, from /proc (0, 0 where unavailable)."""
     try:
@@ -167,8 +192,12 @@ def _loader(dataset: Any, context: str) -> Any:
     """``DataLoader(num_workers=2, batch_size=16)``, workers kept between epochs."""
     from torch.utils.data import DataLoader
 
+    extra: dict[str, Any] = {}
+    if isinstance(dataset, SlabBatchDataset):
+        extra["collate_fn"] = _as_batch
     return DataLoader(
         dataset,
+        **extra,
         batch_size=BATCH,
         num_workers=WORKERS,
         shuffle=True,
@@ -476,6 +505,15 @@ def _cube_cases(
                 context="spawn" if name == "tensorstore" else "fork",
             )
         )
+    results.append(
+        _loader_case(
+            tag,
+            "SlabBatchDataset[_chunks] (decode into the batch)",
+            SlabBatchDataset(ChunksReader(cube), paths[0], positions),
+            repeats,
+            epochs,
+        )
+    )
     return results
 
 
