@@ -42,7 +42,16 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
-bench: install
+# TorchGeo (the comparison in bench_loader) needs torchvision, which does not install beside
+# torch 2.13.0: it gets its own venv, made once.
+TG_VENV := benchmarks/.venv-torchgeo
+
+$(TG_VENV)/.installed:
+	$(PYTHON) -m venv $(TG_VENV)
+	$(TG_VENV)/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1" "torchgeo==0.8.1" requests
+	touch $@
+
+bench: install $(TG_VENV)/.installed
 	$(BIN)/python -m benchmarks
 
 clean:
