@@ -49,28 +49,39 @@ logger = logging.getLogger(__name__)
 PLAN_DIR = "_eoforge"
 
 
-class _HeartbeatNoise(logging.Filter):
-    """One line instead of a traceback when a Dask worker's heartbeat misses the scheduler.
+class _DaskCommNoise(logging.Filter):
+    """One warning line instead of a traceback for Dask's benign lost-connection messages.
 
-    ``distributed`` logs the full ``OSError`` traceback when one heartbeat cannot reach the
-    scheduler (a busy event loop on 2 cores, or the scheduler closing first at the end of a
-    build) and simply tries again on the next beat; a build that goes on is not in error.
+    ``distributed`` logs a full traceback when one worker heartbeat cannot reach a busy
+    scheduler (it tries again on the next beat) and when a batched stream finds its comm
+    already closed while the cluster shuts down at the end of a build. Neither fails the
+    build; a traceback in the output would say otherwise. Other records pass unchanged.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith("Failed to communicate with scheduler during heartbeat"):
-            exc = record.exc_info[1] if record.exc_info else None
-            record.msg = "a worker heartbeat missed the scheduler (retried on the next beat): %s"
-            record.args = (exc,)
+        exc = record.exc_info[1] if record.exc_info else None
+        heartbeat = record.getMessage().startswith(
+            "Failed to communicate with scheduler during heartbeat"
+        )
+        closed = exc is not None and type(exc).__name__ == "CommClosedError"
+        if heartbeat or closed:
+            what = (
+                "a worker heartbeat missed the scheduler (retried on the next beat)"
+                if heartbeat
+                else f"{record.getMessage()} (connection closed while shutting down)"
+            )
+            record.msg = "%s: %s"
+            record.args = (what, exc.__class__.__name__ if exc else "")
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
-_worker_logger = logging.getLogger("distributed.worker")
-if not any(isinstance(f, _HeartbeatNoise) for f in _worker_logger.filters):
-    _worker_logger.addFilter(_HeartbeatNoise())
+for _name in ("distributed.worker", "distributed.batched", "distributed.core"):
+    _dask_logger = logging.getLogger(_name)
+    if not any(isinstance(f, _DaskCommNoise) for f in _dask_logger.filters):
+        _dask_logger.addFilter(_DaskCommNoise())
 
 
 def _retry_transient(task_: Any, task_run: TaskRun, state: State[Any]) -> bool:
