@@ -8,13 +8,16 @@ path, or on a URL with an fsspec store, e.g. ``s3://`` with s3fs); a faster chun
 replace it behind the same interface.
 
 Process safety: a reader opens nothing until its first read and remembers the process id; in
-another process (a forked DataLoader worker) it drops every handle and opens the cube again.
+another process (a forked DataLoader worker) it opens the cube again and never uses (nor
+finalises) the handles it inherited, whose connections belong to the parent's event loop.
+Remote stores are shared per process, one per (URI, storage options) (:func:`_remote_store`).
 It pickles as ``(cube_uri, storage_options)`` only. The handle cache holds at most one entry per
 array path of the cube (bounded by the layout), never per tile.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Mapping
@@ -24,12 +27,77 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
-__all__ = ["ArrayReader", "ZarrArrayReader", "is_remote", "open_arrays"]
+__all__ = [
+    "ArrayReader",
+    "ZarrArrayReader",
+    "is_remote",
+    "open_arrays",
+    "read_remote_bytes",
+    "write_remote_bytes",
+]
+
+#: Handles a forked process inherited from its parent, kept alive and unused.
+_INHERITED: list[Any] = []
+#: This process's remote stores: one per (URI, storage options), and the process they belong to.
+_STORES: dict[str, Any] = {}
+_STORES_PID = [os.getpid()]
+_STORES_LOCK = threading.Lock()
+
+
+def _remote_store(cube_uri: str, storage_options: Mapping[str, Any]) -> Any:
+    """This process's read-only fsspec store of ``cube_uri`` (bounded: one per cube and options).
+
+    The filesystem is not in fsspec's shared instance cache (``skip_instance_cache``): a forked
+    child clears that cache, which would finalise the parent's instances in the child and close
+    the parent's connections from a process where the parent's event loop does not run (a crash
+    with s3fs/aiohttp). Stores of a parent process are kept, unused, in ``_INHERITED``; stores
+    live until the process ends (closing an aiohttp session needs its loop, and readers are
+    reopened often, e.g. per DataLoader epoch).
+    """
+    from zarr.storage import FsspecStore
+
+    key = json.dumps([cube_uri, dict(storage_options)], sort_keys=True, default=str)
+    with _STORES_LOCK:
+        if _STORES_PID[0] != os.getpid():
+            _INHERITED.append(dict(_STORES))
+            _STORES.clear()
+            _STORES_PID[0] = os.getpid()
+        store = _STORES.get(key)
+        if store is None:
+            options = {"skip_instance_cache": True, **dict(storage_options)}
+            store = FsspecStore.from_url(cube_uri, storage_options=options, read_only=True)
+            _STORES[key] = store
+        return store
 
 
 def is_remote(cube_uri: str) -> bool:
     """Whether ``cube_uri`` is a URL (``s3://``, ``gs://``, ``https://``...) rather than a path."""
     return "://" in cube_uri and not cube_uri.startswith("file://")
+
+
+def read_remote_bytes(cube_uri: str, storage_options: Mapping[str, Any], key: str) -> bytes | None:
+    """The object ``key`` under the remote cube (``None`` if missing), via this process's store.
+
+    Small side files (the normalisation statistics) go through the same store as the arrays
+    rather than a second fsspec filesystem, whose leftovers a forked worker could collect.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store = _remote_store(cube_uri, storage_options)
+    buffer = sync(store.get(key, prototype=default_buffer_prototype()))
+    return None if buffer is None else bytes(buffer.to_bytes())
+
+
+def write_remote_bytes(
+    cube_uri: str, storage_options: Mapping[str, Any], key: str, data: bytes
+) -> None:
+    """Write ``data`` as the object ``key`` under the remote cube (one PUT: atomic on S3)."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store = _remote_store(cube_uri, storage_options).with_read_only(False)
+    sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
 
 
 class ArrayReader(Protocol):
@@ -78,11 +146,17 @@ class ZarrArrayReader:
         if self._group is None or self._pid != pid:
             with self._lock:
                 if self._group is None or self._pid != pid:
+                    if self._group is not None:
+                        # Opened by the parent of this forked process: keep it alive, unused
+                        # (finalising it here could close the parent's connections).
+                        _INHERITED.append((self._group, self._arrays))
                     self._arrays = {}
-                    kwargs: dict[str, Any] = {"mode": "r", "zarr_format": 3}
+                    store: Any = self.cube_uri
                     if is_remote(self.cube_uri):
-                        kwargs["storage_options"] = self.storage_options
-                    self._group = zarr.open_group(self.cube_uri, use_consolidated=False, **kwargs)
+                        store = _remote_store(self.cube_uri, self.storage_options)
+                    self._group = zarr.open_group(
+                        store, mode="r", zarr_format=3, use_consolidated=False
+                    )
                     self._pid = pid
         return self._group
 

@@ -61,7 +61,6 @@ a :class:`~catalog.query.SearchResult` as ``query``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -77,7 +76,13 @@ import torch
 import torch.nn.functional as tnf
 from torch.utils.data import Dataset
 
-from catalog._arrays import ArrayReader, is_remote, open_arrays
+from catalog._arrays import (
+    ArrayReader,
+    is_remote,
+    open_arrays,
+    read_remote_bytes,
+    write_remote_bytes,
+)
 from catalog.query import SearchResult, TileCatalog, open_catalog
 from schemas.cube import (
     TILES_GROUP,
@@ -121,17 +126,13 @@ def read_layout(reader: ArrayReader) -> CubeLayout:
 # --- statistics -----------------------------------------------------------------------------
 
 
-def _stats_location(cube_uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    fsspec: Any = importlib.import_module("fsspec")
-    fs, root = fsspec.core.url_to_fs(cube_uri, **(dict(storage_options or {})))
-    return fs, f"{root.rstrip('/')}/{STATS_PATH}"
-
-
 def _load_stats(cube_uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
     try:
         if is_remote(cube_uri):
-            fs, path = _stats_location(cube_uri, storage_options)
-            text = fs.cat_file(path).decode("utf-8")
+            data = read_remote_bytes(cube_uri, dict(storage_options or {}), STATS_PATH)
+            if data is None:
+                return None
+            text = data.decode("utf-8")
         else:
             text = (Path(cube_uri) / STATS_PATH).read_text(encoding="utf-8")
         doc = json.loads(text)
@@ -148,8 +149,8 @@ def _save_stats(
     data = (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
     try:
         if is_remote(cube_uri):
-            fs, path = _stats_location(cube_uri, storage_options)
-            fs.pipe_file(path, data)  # one PUT: atomic on object storage
+            # One PUT: atomic on object storage.
+            write_remote_bytes(cube_uri, dict(storage_options or {}), STATS_PATH, data)
             return
         final = Path(cube_uri) / STATS_PATH
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,7 @@ def test_s3_with_workers_query_and_normalize(s3: dict[str, Any]) -> None:
         bands={S2: ["B04"]},
         resize=8,
     )
+    _same(remote[0], local[0])  # opened in the parent first: forked workers must reopen
     loader = DataLoader(
         remote, batch_size=None, num_workers=2, sampler=ShardAwareSampler(remote, seed=1)
     )

@@ -115,6 +115,7 @@ def test_dataloader_workers_and_start_methods(
     cube: Path, num_workers: int, start_method: str | None, batch_size: int | None
 ) -> None:
     ds = TileDataset(cube)
+    _check_sample(cube, ds[0])  # the parent opens the cube first: workers must reopen it
     loader = DataLoader(
         ds,
         batch_size=batch_size,
