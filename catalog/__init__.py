@@ -2,10 +2,36 @@
 
 ``catalog.open_catalog(CUBE).search(...)`` queries the tile catalog (:mod:`catalog.query`);
 importing this package loads pyarrow, DuckDB, shapely and numpy, never Prefect, Dask, xarray
-or torch.
+or torch. ``catalog.TileDataset``, ``ShardAwareSampler`` and ``TileStream`` (PyTorch) are
+imported on first use.
 """
+
+from typing import Any
 
 from catalog.query import SearchResult, TileCatalog, open_catalog
 from catalog.versions import CatalogVersion
 
-__all__ = ["CatalogVersion", "SearchResult", "TileCatalog", "open_catalog"]
+__all__ = [
+    "CatalogVersion",
+    "SearchResult",
+    "ShardAwareSampler",
+    "TileCatalog",
+    "TileDataset",
+    "TileStream",
+    "open_catalog",
+]
+
+_TORCH_NAMES = {
+    "TileDataset": "catalog.dataset",
+    "ShardAwareSampler": "catalog.sampler",
+    "TileStream": "catalog.sampler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the PyTorch classes on first use, so ``import catalog`` stays light."""
+    if name in _TORCH_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_TORCH_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -190,8 +190,13 @@ class ZarrArrayReader:
         return out
 
 
-def open_arrays(cube_uri: str, storage_options: Mapping[str, Any] | None = None) -> ZarrArrayReader:
-    """A lazy reader of the cube at ``cube_uri`` (a local path or an fsspec URL).
+def open_arrays(cube_uri: str, storage_options: Mapping[str, Any] | None = None) -> ArrayReader:
+    """The fastest tested reader of the cube at ``cube_uri`` (a local path or an fsspec URL).
+
+    Local cubes use :mod:`catalog._chunks` (shard index cached, one ``pread`` and one blosc
+    decode per chunk, no zarr-python in the hot path): 4.6-8.2x the single-process read rate of
+    zarr-python on the cube's layout (``make bench``, loader). Object storage uses zarr-python
+    through fsspec (:class:`ZarrArrayReader`), the path tested against an S3 server.
 
     Args:
         cube_uri: Cube directory or URL (``s3://bucket/cube.zarr``).
@@ -201,4 +206,8 @@ def open_arrays(cube_uri: str, storage_options: Mapping[str, Any] | None = None)
     Returns:
         The reader; nothing is opened until the first call.
     """
+    if not is_remote(str(cube_uri)):
+        from catalog._chunks import open_arrays as open_chunk_arrays
+
+        return open_chunk_arrays(str(cube_uri))
     return ZarrArrayReader(str(cube_uri), storage_options)
