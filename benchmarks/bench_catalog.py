@@ -1,4 +1,4 @@
-"""Tile catalog queries: latency of ``open_catalog(...).search(...)`` at 10^4, 10^5, 10^6 rows.
+"""Tile catalog queries at 10^4, 10^5, 10^6 rows: the indexed search vs the naive ways.
 
 A synthetic catalog is written the way a build writes it: one GeoParquet part per shard (the
 writer's schema and names, ``K`` = 64 rows), two runs, each finished with
@@ -8,9 +8,33 @@ sensors (Sentinel-2 and Landsat with cloud fractions, Sentinel-1 without), CORIN
 fractions and multi-labels, splits.
 
 Query (the DESIGN example): a ~0.2 x 0.2 degree bbox at a random place, one month, max cloud 0.3,
-one class label, split train. Baseline: the same filter in DuckDB straight over the parts
-(``read_parquet(parts/*.parquet)``, bbox columns only, no exact geometry), i.e. no index.
-Run standalone for one size: ``python -m benchmarks.bench_catalog 1000000``.
+one class label, split train; 50 such queries (20 with ``--quick``). Cases per size, all in the
+same run on the same queries:
+
+* ``geopandas read + mask (naive)``, the baseline: ``geopandas.read_parquet`` of the parts
+  folder (every part; only the columns the filter needs, which favours it), then one boolean
+  mask over every row: ``intersects`` the query box (exact geometry), period, split, every
+  sensor's cloud fraction, the class among the multi-labels. Each repeat reads everything
+  again (a new query each time); 5 repeats, 3 at 10^6 and with ``--quick``. Median; ``max_ms``.
+* ``search (index)``: ``open_catalog(cube).search(...)`` (catalog opened once) and its
+  positions, per query: median (the row's figure), ``p95_ms``, ``p90_ms``; ``first_query_ms``
+  (connection set-up), ``open_ms``, ``vs_duckdb`` (speed-up over the next case). Ratio: x
+  faster than the naive baseline.
+* ``duckdb over parts (bbox only)``: the same filter in DuckDB straight over the parts
+  (``read_parquet(parts/*.parquet)``, bbox columns only, no exact geometry), i.e. no index;
+  median of 5 queries.
+* ``STAC API <backend>``: the same catalog served on 127.0.0.1 and searched with pystac-client
+  (Items built from the synthetic rows, see ``benchmarks/_catalog_stac.py``; staging and server
+  start are not timed, they are ``stage_s`` and ``start_s``). ``rustac`` (``rustac serve``,
+  in-memory; no CQL2): bbox + datetime on the server, split, cloud and label on the client
+  while paging, at every size. ``pgstac`` (stac-fastapi-pgstac over a throwaway PostgreSQL,
+  skipped when PostgreSQL/PostGIS are missing): bbox + datetime + CQL2 filter on the server, at
+  10^4 and 10^5 only (loading 10^6 Items with pypgstac takes minutes). Median, ``p95_ms``;
+  compared with the search (a ratio below 1: the API is slower).
+
+``same_hits``: share of the queries where the case returned the same ids as the search (the
+DuckDB case checks bbox columns only and is not compared).
+Run standalone for one size: ``python -m benchmarks.bench_catalog 1000000 [KEEP_DIR]``.
 """
 
 from __future__ import annotations
@@ -48,6 +72,15 @@ CLASSES = (
     "Vineyards",
 )
 OSM_CLASSES = ("building", "road", "water")
+#: Largest catalog each STAC API serves here: pypgstac loads about 10^4 Items/s on two cores
+#: (10^6: minutes more per full run); rustac loads 10^6 Items in seconds.
+STAC_MAX_ROWS = {"rustac": 1_000_000, "pgstac": 100_000}
+STAC_BACKENDS = tuple(STAC_MAX_ROWS)
+#: How each STAC API runs the query (in the case name).
+STAC_CASES = {
+    "rustac": "bbox+datetime on server, split/cloud/label on client",
+    "pgstac": "bbox+datetime+CQL2",
+}
 
 
 def _footprints(zone: int, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -243,13 +276,19 @@ def synthetic_rows(n_rows: int, seed: int = 0) -> pa.Table:
     return table.cast(schema).replace_schema_metadata(schema.metadata)
 
 
-def write_catalog(cube: Path, n_rows: int, seed: int = 0) -> dict[str, float]:
-    """Write a two-run synthetic catalog into ``cube``; returns timings (seconds)."""
+def write_catalog(
+    cube: Path, n_rows: int, seed: int = 0, *, table: pa.Table | None = None
+) -> dict[str, float]:
+    """Write a two-run synthetic catalog into ``cube``; returns timings (seconds).
+
+    ``table``: the rows, if already generated (``synthetic_rows(n_rows, seed)``).
+    """
     from catalog._parts import part_name, parts_dir
     from catalog.writer import CatalogWriter
 
     t0 = time.perf_counter()
-    table = synthetic_rows(n_rows, seed)
+    if table is None:
+        table = synthetic_rows(n_rows, seed)
     t_rows = time.perf_counter() - t0
     parts = parts_dir(cube)
     parts.mkdir(parents=True, exist_ok=True)
@@ -291,10 +330,10 @@ def _queries(centres: np.ndarray, seed: int = 1) -> list[dict[str, Any]]:
     return out
 
 
-def measure(cube: Path, n_queries: int = 50) -> dict[str, float]:
-    """Open times and query latencies (seconds) on a written catalog."""
-    import duckdb
-
+def _embedded(
+    cube: Path, n_queries: int
+) -> tuple[dict[str, float], list[dict[str, Any]], list[set[str]]]:
+    """Open times and latencies of the embedded search; its queries and ids per query."""
     from catalog.query import open_catalog
 
     t0 = time.perf_counter()
@@ -317,15 +356,35 @@ def measure(cube: Path, n_queries: int = 50) -> dict[str, float]:
         res = cat.search(**q)
         res.positions()
         lat.append(time.perf_counter() - t0)
-        hits.append(len(res))
+        hits.append(set(res.ids()))
     t0 = time.perf_counter()
     res.to_arrow()
     t_arrow = time.perf_counter() - t0
-    # Baseline: DuckDB over every part, no index (bbox columns, no exact geometry).
+    t0 = time.perf_counter()
+    pinned = open_catalog(cube, version=1)
+    t_open_v1 = time.perf_counter() - t0
+    pinned.search(**queries[0]).positions()
+    out = {
+        "open_s": t_open,
+        "open_v1_s": t_open_v1,
+        "first_query_s": t_first,
+        "p50_s": statistics.median(lat),
+        "p90_s": float(np.percentile(lat, 90)),
+        "p95_s": float(np.percentile(lat, 95)),
+        "mean_hits": float(np.mean([len(h) for h in hits])),
+        "to_arrow_last_s": t_arrow,
+    }
+    return out, queries, hits
+
+
+def _duckdb_parts(cube: Path, queries: list[dict[str, Any]]) -> list[float]:
+    """DuckDB over every part, no index (bbox columns, no exact geometry); seconds per query."""
+    import duckdb
+
     con = duckdb.connect()
     glob = f"{cube}/catalog/parts/*.parquet"
     base = []
-    for q in queries[:5]:
+    for q in queries:
         x0, y0, x1, y1 = q["bbox"]
         month = str(q["datetime"])
         t0 = time.perf_counter()
@@ -338,44 +397,206 @@ def measure(cube: Path, n_queries: int = 50) -> dict[str, float]:
             [x1, x0, y1, y0, month, q["labels_any"][0]],
         ).fetchall()
         base.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    pinned = open_catalog(cube, version=1)
-    t_open_v1 = time.perf_counter() - t0
-    pinned.search(**queries[0]).positions()
+    con.close()
+    return base
+
+
+#: Columns the GeoPandas baseline reads (all the filter needs, plus ids; fewer than a naive user
+#: would read, which only favours the baseline).
+NAIVE_COLUMNS = ("id", "cube_position", "geometry", "period_id", "split", "sensors", "multilabels")
+
+
+def naive_geopandas(cube: Path, query: dict[str, Any]) -> set[str]:
+    """GeoPandas: read every part, then one boolean mask over every row; the ids that pass."""
+    import geopandas as gpd
+    import shapely
+
+    gdf = gpd.read_parquet(cube / "catalog" / "parts", columns=list(NAIVE_COLUMNS))
+    cls = query["labels_any"][0]
+    limit = query["max_cloud"]
+    cloud_ok = np.fromiter(
+        (
+            all(s["cloud_fraction"] is None or not s["cloud_fraction"] > limit for s in sensors)
+            for sensors in gdf["sensors"]
+        ),
+        bool,
+        len(gdf),
+    )
+    label_ok = np.fromiter(
+        (any(cls in classes for _, classes in labels) for labels in gdf["multilabels"]),
+        bool,
+        len(gdf),
+    )
+    mask = (
+        gdf.intersects(shapely.box(*query["bbox"])).to_numpy()
+        & (gdf["period_id"] == query["datetime"]).to_numpy()
+        & (gdf["split"] == query["split"]).to_numpy()
+        & cloud_ok
+        & label_ok
+    )
+    hits = gdf.loc[mask].sort_values("cube_position")
+    return {str(v) for v in hits["id"]}
+
+
+def _naive(
+    cube: Path, queries: list[dict[str, Any]], expected: list[set[str]], repeats: int
+) -> dict[str, float]:
+    """``repeats`` GeoPandas queries (one each, different places); no warm-up (OS cache warm)."""
+    times = []
+    same = 0
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        hits = naive_geopandas(cube, queries[i % len(queries)])
+        times.append(time.perf_counter() - t0)
+        same += hits == expected[i % len(queries)]
     return {
-        "open_s": t_open,
-        "open_v1_s": t_open_v1,
-        "first_query_s": t_first,
-        "p50_s": statistics.median(lat),
-        "p90_s": float(np.percentile(lat, 90)),
-        "mean_hits": float(np.mean(hits)),
-        "to_arrow_last_s": t_arrow,
-        "baseline_parts_p50_s": statistics.median(base),
+        "naive_p50_s": statistics.median(times),
+        "naive_max_s": max(times),
+        "naive_repeats": float(repeats),
+        "naive_agree": same / repeats,
     }
 
 
+def _stac(
+    table: pa.Table,
+    queries: list[dict[str, Any]],
+    expected: list[set[str]],
+    backends: tuple[str, ...],
+) -> dict[str, float]:
+    """Each backend's figures, keys prefixed ``<backend>_``; Items staged once for all."""
+    from benchmarks import _catalog_stac as stac
+
+    out: dict[str, float] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="eoforge-cat-stac-"))
+    try:
+        t0 = time.perf_counter()
+        staged = stac.stage(table, workdir)
+        out["stac_stage_s"] = time.perf_counter() - t0
+        for backend in backends:
+            if backend == "pgstac" and stac.pgstac_missing():
+                continue
+            sub = workdir / backend
+            sub.mkdir()
+            kind: stac.Backend = "pgstac" if backend == "pgstac" else "rustac"
+            got = stac.measure_stac(kind, staged, queries, expected, sub)
+            out.update({f"{backend}_{k}": v for k, v in got.items()})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def measure(
+    cube: Path,
+    n_queries: int = 50,
+    *,
+    naive_repeats: int = 3,
+    duckdb_queries: int = 5,
+    stac_table: pa.Table | None = None,
+    stac_backends: tuple[str, ...] = STAC_BACKENDS,
+) -> dict[str, float]:
+    """Every figure (seconds, hits, shares) on a written catalog.
+
+    Args:
+        cube: Folder holding the written catalog.
+        n_queries: Queries of the embedded search (and of each STAC API).
+        naive_repeats: GeoPandas queries (each reads the whole catalog); 0 skips it.
+        duckdb_queries: DuckDB-over-parts queries; 0 skips it.
+        stac_table: The catalog's rows, to serve as a STAC API (``None``: no STAC API).
+        stac_backends: Which STAC APIs (``rustac``, ``pgstac``).
+    """
+    out, queries, expected = _embedded(cube, n_queries)
+    if duckdb_queries:
+        base = _duckdb_parts(cube, queries[:duckdb_queries])
+        out["duckdb_parts_p50_s"] = statistics.median(base)
+    if naive_repeats:
+        out.update(_naive(cube, queries, expected, naive_repeats))
+    if stac_table is not None and stac_backends:
+        out.update(_stac(stac_table, queries, expected, stac_backends))
+    return out
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1e3, 1)
+
+
 def run(quick: bool = False) -> list[Measurement]:
-    """Latency of the indexed search vs DuckDB over the raw parts, per catalog size."""
+    """Per catalog size: GeoPandas naive (baseline), indexed search, DuckDB, STAC APIs."""
     sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
+    n_queries = 20 if quick else 50
     results: list[Measurement] = []
     for n in sizes:
         root = Path(tempfile.mkdtemp(prefix=f"eoforge-cat-{n}-"))
+        table = synthetic_rows(n)
         try:
-            build = write_catalog(root, n)
-            m = measure(root, n_queries=20 if quick else 50)
+            build = write_catalog(root, n, table=table)
+            m = measure(
+                root,
+                n_queries=n_queries,
+                naive_repeats=3 if quick or n >= 1_000_000 else 5,
+                stac_table=table,
+                stac_backends=tuple(b for b, most in STAC_MAX_ROWS.items() if n <= most),
+            )
         finally:
+            del table
             shutil.rmtree(root, ignore_errors=True)
-        extra = {
-            "p90_ms": round(m["p90_s"] * 1e3, 1),
-            "open_ms": round(m["open_s"] * 1e3, 1),
-            "first_query_ms": round(m["first_query_s"] * 1e3, 1),
-            "hits": round(m["mean_hits"], 1),
-            "finish_run_s": round(build["finish_run_2_s"], 1),
-        }
-        base = f"{n} rows: duckdb over parts"
-        results.append(Measurement(NAME, base, None, m["baseline_parts_p50_s"], 5, 1, "queries"))
-        case = f"{n} rows: search (index)"
-        results.append(Measurement(NAME, case, base, m["p50_s"], 50, 1, "queries", extra=extra))
+        naive = f"{n} rows: geopandas read + mask (naive)"
+        results.append(
+            Measurement(
+                NAME,
+                naive,
+                None,
+                m["naive_p50_s"],
+                int(m["naive_repeats"]),
+                1,
+                "queries",
+                extra={"max_ms": _ms(m["naive_max_s"]), "same_hits": m["naive_agree"]},
+            )
+        )
+        search = f"{n} rows: search (index)"
+        results.append(
+            Measurement(
+                NAME,
+                search,
+                naive,
+                m["p50_s"],
+                n_queries,
+                1,
+                "queries",
+                extra={
+                    "p95_ms": _ms(m["p95_s"]),
+                    "p90_ms": _ms(m["p90_s"]),
+                    "open_ms": _ms(m["open_s"]),
+                    "first_query_ms": _ms(m["first_query_s"]),
+                    "hits": round(m["mean_hits"], 1),
+                    "vs_duckdb": f"{m['duckdb_parts_p50_s'] / m['p50_s']:.0f}x",
+                    "finish_run_s": round(build["finish_run_2_s"], 1),
+                },
+            )
+        )
+        duck = f"{n} rows: duckdb over parts (bbox only)"
+        results.append(Measurement(NAME, duck, naive, m["duckdb_parts_p50_s"], 5, 1, "queries"))
+        for backend, how in STAC_CASES.items():
+            if f"{backend}_p50_s" not in m:
+                continue
+            results.append(
+                Measurement(
+                    NAME,
+                    f"{n} rows: STAC API {backend} ({how})",
+                    search,
+                    m[f"{backend}_p50_s"],
+                    n_queries,
+                    1,
+                    "queries",
+                    extra={
+                        "p95_ms": _ms(m[f"{backend}_p95_s"]),
+                        "first_query_ms": _ms(m[f"{backend}_first_query_s"]),
+                        "start_s": round(m[f"{backend}_start_s"], 1),
+                        "stage_s": round(m["stac_stage_s"], 1),
+                        "hits": round(m[f"{backend}_mean_hits"], 1),
+                        "same_hits": m[f"{backend}_agree"],
+                    },
+                )
+            )
     return results
 
 
@@ -383,8 +604,10 @@ if __name__ == "__main__":
     n_rows = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     keep = Path(sys.argv[2]) if len(sys.argv) > 2 else None
     root = keep or Path(tempfile.mkdtemp(prefix="eoforge-cat-"))
+    rows = synthetic_rows(n_rows)
     if not (root / "catalog").exists():
-        print("write", n_rows, "rows:", write_catalog(root, n_rows))
-    print("measure:", measure(root))
+        print("write", n_rows, "rows:", write_catalog(root, n_rows, table=rows))
+    backends = tuple(b for b, most in STAC_MAX_ROWS.items() if n_rows <= most)
+    print("measure:", measure(root, stac_table=rows, stac_backends=backends))
     if keep is None:
         shutil.rmtree(root, ignore_errors=True)
