@@ -33,6 +33,7 @@ from prefect_dask.task_runners import DaskTaskRunner
 from catalog.writer import CatalogWriter, committed_shards, read_records
 from pipelines.archive.serve import serve_archive
 from pipelines.grid import TileGrid
+from pipelines.lock import cube_lock
 from pipelines.plan import BuildPlan, cube_layout, make_plan
 from pipelines.shard import build_shard
 from pipelines.splits import leakage_report, split_warnings
@@ -222,6 +223,14 @@ def _run(recipe: Recipe, dask_address: str | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     cube = Path(recipe.output.path)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    # One build per cube at a time, held until the run is recorded (see pipelines.lock).
+    with cube_lock(cube, run_id):
+        return _run_locked(recipe, dask_address, cube, run_id, t0)
+
+
+def _run_locked(
+    recipe: Recipe, dask_address: str | None, cube: Path, run_id: str, t0: float
+) -> dict[str, Any]:
     summary = BuildSummary(recipe=recipe.name, cube=str(cube), run_id=run_id)
     layout = cube_layout(recipe)
     with _catalog_urls(recipe) as urls:
