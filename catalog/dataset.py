@@ -74,7 +74,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as tnf
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from catalog._arrays import (
     ArrayReader,
@@ -97,7 +98,7 @@ from schemas.cube import (
 )
 from schemas.errors import InvalidInputError
 
-__all__ = ["STATS_PATH", "Sample", "TileDataset", "cube_stats", "read_layout"]
+__all__ = ["STATS_PATH", "BatchedSample", "Sample", "TileDataset", "cube_stats", "read_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -536,6 +537,7 @@ class TileDataset(Dataset[Sample]):
         self.transform = transform
         self._layout: CubeLayout | None = None
         self._reader: ArrayReader | None = None
+        self._scratch: dict[str, npt.NDArray[Any]] = {}
 
     # --- pickling and lazy state ------------------------------------------------------------
 
@@ -543,10 +545,12 @@ class TileDataset(Dataset[Sample]):
         state = dict(self.__dict__)
         state["_layout"] = None  # rebuilt from the root attributes in the worker
         state["_reader"] = None  # opened lazily in the worker
+        state["_scratch"] = {}  # per-process read buffers of __getitems__
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_scratch", {})
 
     def _open(self) -> tuple[ArrayReader, CubeLayout]:
         if self._reader is None:
@@ -603,6 +607,171 @@ class TileDataset(Dataset[Sample]):
         if self.transform is not None:
             sample = self.transform(sample)
         return sample
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+        """The samples ``[self[i] for i in indices]``, read as one batch (the DataLoader's path).
+
+        Every array is read for the whole batch at once: raw slabs decoded into reused
+        per-process buffers, converted to float32 (scale, offset, normalisation, fill) once per
+        batch, into one preallocated tensor per key (in shared memory in a DataLoader worker).
+        The samples returned are :class:`BatchedSample` dicts equal to ``__getitem__``'s, whose
+        tensors are views of those batch tensors; the default ``collate_fn`` (and
+        :func:`torch.utils.data.default_collate`) returns the batch tensors themselves when it
+        is given exactly these samples, without copying them again. With ``transform`` or
+        ``resize`` the samples are read one by one.
+        """
+        if self.transform is not None or self.resize is not None:
+            return [self[i] for i in indices]
+        n = len(self)
+        rows: list[int] = []
+        for index in indices:
+            i = int(index)
+            if not -n <= i < n:
+                raise IndexError(f"index {index} is out of range for {n} samples")
+            rows.append(i % n)
+        if not rows:
+            return []
+        reader, layout = self._open()
+        positions = [int(p) for p in self._positions[rows]]
+        plan = self._batch_plan(reader, layout, positions[0])
+        batch = _alloc_batch(plan, len(rows))
+        batch["index"].numpy()[:] = rows
+        batch["position"].numpy()[:] = positions
+        for name in self.sensors:
+            self._read_sensor_batch(reader, layout.sensor(name), positions, batch)
+        for source in self.labels:
+            lab = next(lab for lab in layout.labels if lab.source == source)
+            self._read_rows(reader, label_path(source), positions, batch[f"label_{source}"].numpy())
+            multi = self._raw_rows(reader, multilabel_path(source), positions)
+            values = batch[f"multilabel_{source}"].numpy()
+            np.copyto(values, multi, casting="unsafe")
+            if len(lab.class_names) != multi.shape[1]:
+                values[:] = np.nan
+            else:
+                values[(multi == 255).any(axis=1)] = np.nan
+        if self.metadata:
+            tile_ids: list[str] = []
+            periods: list[str] = []
+            epsg = batch["epsg"].numpy()
+            transform = batch["transform"].numpy()
+            for row, position in enumerate(positions):
+                tile_ids.append(str(reader.read(f"{TILES_GROUP}/id", position).item()))
+                periods.append(str(reader.read(f"{TILES_GROUP}/period", position).item()))
+                epsg[row] = int(reader.read(f"{TILES_GROUP}/epsg", position).item())
+                transform[row] = reader.read(f"{TILES_GROUP}/transform", position)
+            batch["tile_id"] = tile_ids
+            batch["period"] = periods
+            batch["id"] = [f"{t}_{p}" for t, p in zip(tile_ids, periods, strict=True)]
+        order = [key for key, _, _ in plan]
+        if self.metadata:
+            order[order.index("epsg") : order.index("epsg")] = ["tile_id", "period", "id"]
+        batch = {key: batch[key] for key in order}
+        return [BatchedSample(batch, row) for row in range(len(rows))]
+
+    def _batch_plan(
+        self, reader: ArrayReader, layout: CubeLayout, position: int
+    ) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """(key, per-sample shape, dtype) of every tensor of a sample, in sample order."""
+        plan: list[tuple[str, tuple[int, ...], torch.dtype]] = [
+            ("index", (), torch.int64),
+            ("position", (), torch.int64),
+        ]
+        for name in self.sensors:
+            t, b, h, w = reader.shape(data_path(name))[1:]
+            planes = self._planes.get(name)
+            bands = self._bands.get(name)
+            t = len(planes) if planes is not None else t
+            b = len(bands) if bands is not None else b
+            plan += [
+                (name, (t, b, h, w), torch.float32),
+                (f"{name}_mask", (t, h, w), torch.uint8),
+                (f"{name}_time", (t,), torch.int64),
+            ]
+        for source in self.labels:
+            plan += [
+                (f"label_{source}", tuple(reader.shape(label_path(source))[1:]), torch.int64),
+                (
+                    f"multilabel_{source}",
+                    tuple(reader.shape(multilabel_path(source))[1:]),
+                    torch.float32,
+                ),
+            ]
+        if self.metadata:
+            plan += [
+                ("epsg", (), torch.int64),
+                ("transform", tuple(reader.shape(f"{TILES_GROUP}/transform")[1:]), torch.float64),
+            ]
+        return plan
+
+    def _raw_rows(
+        self, reader: ArrayReader, path: str, positions: Sequence[int]
+    ) -> npt.NDArray[Any]:
+        """``array[positions]`` in its stored dtype, decoded into a reused per-process buffer."""
+        n = len(positions)
+        scratch = self._scratch.get(path)
+        if scratch is None or scratch.shape[0] < n:
+            first = reader.read(path, positions[0])
+            scratch = np.empty((max(n, 1), *first.shape), dtype=first.dtype)
+            self._scratch[path] = scratch
+        for row, position in enumerate(positions):
+            reader.read(path, position, out=scratch[row])
+        return scratch[:n]
+
+    def _read_rows(
+        self, reader: ArrayReader, path: str, positions: Sequence[int], out: npt.NDArray[Any]
+    ) -> None:
+        """``out[:] = array[positions]``: decoded straight into ``out`` when the dtypes match."""
+        scratch = self._scratch.get(path)
+        if scratch is not None and scratch.dtype == out.dtype:
+            for row, position in enumerate(positions):
+                reader.read(path, position, out=out[row])
+            return
+        np.copyto(out, self._raw_rows(reader, path, positions), casting="unsafe")
+
+    def _read_sensor_batch(
+        self,
+        reader: ArrayReader,
+        sensor: SensorLayout,
+        positions: Sequence[int],
+        batch: dict[str, Any],
+    ) -> None:
+        name = sensor.name
+        planes = self._planes.get(name)
+        bands = self._bands.get(name)
+        raw = self._raw_rows(reader, data_path(name), positions)  # (N, T, B, H, W)
+        mask_out = batch[f"{name}_mask"].numpy()
+        time_out = batch[f"{name}_time"].numpy()
+        if planes is None:
+            self._read_rows(reader, mask_path(name), positions, mask_out)
+            self._read_rows(reader, datetime_path(name), positions, time_out)
+        else:
+            sel = list(planes)
+            raw = raw[:, sel]
+            mask = self._raw_rows(reader, mask_path(name), positions)
+            np.copyto(mask_out, mask[:, sel], casting="unsafe")
+            times = self._raw_rows(reader, datetime_path(name), positions)
+            np.copyto(time_out, times[:, sel].astype(np.int64), casting="unsafe")
+        if bands is not None:
+            raw = raw[:, :, list(bands)]
+        fill = _fill_of(raw, sensor)
+        values = batch[name].numpy()
+        # Same float32 arithmetic as _physical, fused where the cast to float32 is exact in the
+        # ufunc (raw dtypes whose product with float32 is float32: int8/16, uint8/16, float32).
+        if sensor.scale_factor is not None and np.result_type(raw.dtype, np.float32) == np.float32:
+            np.multiply(raw, np.float32(sensor.scale_factor), out=values, casting="unsafe")
+        elif sensor.scale_factor is not None:
+            np.copyto(values, raw, casting="unsafe")
+            values *= np.float32(sensor.scale_factor)
+        else:
+            np.copyto(values, raw, casting="unsafe")
+        if sensor.add_offset is not None:
+            values += np.float32(sensor.add_offset)
+        norm = self._norm.get(name)
+        if norm is not None:
+            values -= np.asarray(norm[0], dtype=np.float32)[None, None, :, None, None]
+            values /= np.asarray(norm[1], dtype=np.float32)[None, None, :, None, None]
+        if fill.any():
+            np.copyto(values, np.float32(self.fill_value), where=fill)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -664,3 +833,71 @@ class TileDataset(Dataset[Sample]):
         sample["id"] = f"{tile_id}_{period}"
         sample["epsg"] = torch.tensor(epsg, dtype=torch.int64)
         sample["transform"] = torch.from_numpy(np.ascontiguousarray(transform))
+
+
+# --- batches (TileDataset.__getitems__) ----------------------------------------------------
+
+_ALIGN = 64
+
+
+def _alloc_batch(
+    plan: Sequence[tuple[str, tuple[int, ...], torch.dtype]], n: int
+) -> dict[str, Any]:
+    """One ``(n, *shape)`` tensor per key, all views of a single buffer.
+
+    In a DataLoader worker the buffer is in shared memory: one segment per batch for the
+    DataLoader to hand to the main process.
+    """
+    offsets: list[int] = []
+    total = 0
+    for _, shape, dtype in plan:
+        offsets.append(total)
+        nbytes = n * math.prod(shape) * dtype.itemsize
+        total += -(-nbytes // _ALIGN) * _ALIGN
+    total = max(total, 1)
+    if get_worker_info() is not None:
+        buffer = torch.empty(0, dtype=torch.uint8).set_(
+            torch.UntypedStorage._new_shared(total)  # type: ignore[no-untyped-call]
+        )
+    else:
+        buffer = torch.empty(total, dtype=torch.uint8)
+    batch: dict[str, Any] = {}
+    for (key, shape, dtype), start in zip(plan, offsets, strict=True):
+        nbytes = n * math.prod(shape) * dtype.itemsize
+        batch[key] = buffer[start : start + nbytes].view(dtype).view(n, *shape)
+    return batch
+
+
+class BatchedSample(dict[str, Any]):
+    """A sample of :meth:`TileDataset.__getitems__`, equal to ``__getitem__``'s.
+
+    Its tensors are views of the batch's tensors; it also knows its batch and row, so that
+    collating exactly the samples of one batch, in order, returns the batch without copying.
+    It pickles as a plain ``dict``.
+    """
+
+    __slots__ = ("batch", "row")
+
+    def __init__(self, batch: dict[str, Any], row: int) -> None:
+        super().__init__({key: value[row] for key, value in batch.items()})
+        self.batch = batch
+        self.row = row
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
+def _collate_batched(
+    batch: Sequence[Any], *, collate_fn_map: dict[Any, Callable[..., Any]] | None = None
+) -> Any:
+    first = batch[0]
+    whole = first.batch
+    if all(
+        isinstance(s, BatchedSample) and s.batch is whole and s.row == r
+        for r, s in enumerate(batch)
+    ) and len(batch) == len(whole["index"]):
+        return dict(whole)
+    return collate([dict(s) for s in batch], collate_fn_map=collate_fn_map)
+
+
+default_collate_fn_map[BatchedSample] = _collate_batched

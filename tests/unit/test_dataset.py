@@ -390,3 +390,39 @@ def test_tile_stream_over_the_dataset(cube: Path) -> None:
 
 def test_class_names_match_layout() -> None:
     assert layout().labels[0].class_names == CLASSES
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"fill_value": 0.0, "metadata": False, "labels": []},
+        {"time": {S2: [1]}, "bands": {S2: [2, 0]}},
+        {"normalize": {S2: {"mean": [1.0, 2.0, 3.0], "std": [2.0, 0.5, 4.0]}}},
+        {"resize": 12},
+    ],
+)
+def test_getitems_batch_equals_getitem(cube: Path, options: dict[str, Any]) -> None:
+    from torch.utils.data import default_collate
+
+    from catalog.dataset import BatchedSample
+
+    ds = TileDataset(cube, **options)
+    indices = [3, 0, -1, 5, 3]
+    samples = ds.__getitems__(indices)
+    assert len(samples) == len(indices)
+    for i, sample in zip(indices, samples, strict=True):
+        assert list(sample) == list(ds[i])
+        _same(dict(sample), ds[i])
+    batch = default_collate(samples)
+    expected = default_collate([ds[i] for i in indices])
+    assert list(batch) == list(expected)
+    _same(batch, expected)
+    if isinstance(samples[0], BatchedSample):
+        # The batch tensors themselves, not a stacked copy; a subset collates by copying.
+        assert batch[S2].data_ptr() == samples[0][S2].data_ptr()
+        _same(default_collate(samples[1:3]), default_collate([ds[0], ds[-1]]))
+        assert type(pickle.loads(pickle.dumps(samples[0]))) is dict
+    assert ds.__getitems__([]) == []
+    with pytest.raises(IndexError):
+        ds.__getitems__([0, N_TILES])
