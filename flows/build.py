@@ -198,10 +198,13 @@ def _task_runner(recipe: Recipe, dask_address: str | None) -> DaskTaskRunner:
 
 
 def _flow_run_name() -> str:
-    from prefect.runtime import flow_run
+    """``build-<recipe>``; runs of a deployment (schedules) add their scheduled start (UTC)."""
+    from prefect.runtime import deployment, flow_run
 
     params = flow_run.parameters
-    return f"build-{Path(str(params.get('recipe_path', 'recipe'))).stem}"
+    name = f"build-{Path(str(params.get('recipe_path', 'recipe'))).stem}"
+    start = flow_run.scheduled_start_time if deployment.id else None
+    return f"{name}-{start:%Y%m%dT%H%MZ}" if start is not None else name
 
 
 @flow(name="build-dataset", flow_run_name=_flow_run_name, log_prints=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -93,7 +94,8 @@ def _trigger_and_wait(serve_check: object) -> str:
             state = client.read_flow_run(run.id).state
             if state is not None and state.is_final():
                 name = client.read_flow_run(run.id).name
-                assert name.startswith("build-tiny"), name
+                # Named after the recipe and the run's scheduled start (UTC).
+                assert re.fullmatch(r"build-tiny-\d{8}T\d{4}Z", name), name
                 return str(state.type.value)
             if callable(serve_check):
                 serve_check()
