@@ -67,7 +67,12 @@ def test_served_schedule_runs_a_build(tiny_archive: Path, tmp_path: Path) -> Non
                         "active": True,
                     }
                 ], listed
-                state = _trigger_and_wait(serve_check=serve.check_running)
+                # Prefect reads its settings once per process: an earlier test in the same
+                # session may have fixed another API URL, so pin this server's explicitly.
+                from prefect.settings import PREFECT_API_URL, temporary_settings
+
+                with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                    state = _trigger_and_wait(serve_check=serve.check_running)
                 assert state == "COMPLETED", serve.tail(80)
             versions = open_catalog(cube).versions()
             assert len(versions) == 1
