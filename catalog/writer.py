@@ -46,6 +46,7 @@ from catalog._parts import (
     parts_dir,
     runs_dir,
 )
+from catalog.state import INPUTS_METADATA_KEY
 from catalog.versions import load_versions, record_version
 from schemas.errors import ConflictError, InvalidInputError
 from schemas.tile import TileRecord, tile_record_arrow_schema
@@ -162,7 +163,13 @@ class CatalogWriter:
         self.parts = parts_dir(cube_path)
         self.runs = runs_dir(cube_path)
 
-    def commit_shard(self, shard_id: str, records: Sequence[TileRecord], run_id: str) -> Path:
+    def commit_shard(
+        self,
+        shard_id: str,
+        records: Sequence[TileRecord],
+        run_id: str,
+        inputs: Mapping[tuple[str, str], str] | None = None,
+    ) -> Path:
         """Make a shard's records visible, all at once (module docstring).
 
         Committing the same shard again in the same run replaces the part (a retried task);
@@ -172,6 +179,9 @@ class CatalogWriter:
             shard_id: The shard (``pipelines.grid.Shard.id``), which every record must name.
             records: The shard's rows, one per tile and period.
             run_id: The build run.
+            inputs: ``{(tile_id, period_id): inputs digest}`` of the shard's tiles
+                (``pipelines.increment``), stored in the part's Parquet metadata under
+                :data:`catalog.state.INPUTS_METADATA_KEY`; what the next build compares with.
 
         Returns:
             The committed part's path.
@@ -206,6 +216,11 @@ class CatalogWriter:
         table = pa.Table.from_pylist(
             [r.to_arrow_row() for r in rows], schema=tile_record_arrow_schema()
         )
+        if inputs:
+            listed = json.dumps(sorted([t, p, d] for (t, p), d in inputs.items()))
+            meta = dict(table.schema.metadata or {})
+            meta[INPUTS_METADATA_KEY] = listed.encode()
+            table = table.replace_schema_metadata(meta)
         _atomic_write(final, lambda tmp: pq.write_table(table, tmp, compression=_COMPRESSION))
         log.info("committed shard %s: %d records in %s", shard_id, len(rows), final.name)
         return final

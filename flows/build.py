@@ -30,16 +30,19 @@ from prefect import flow, task
 from prefect.client.schemas.objects import State, TaskRun
 from prefect_dask.task_runners import DaskTaskRunner
 
-from catalog.writer import CatalogWriter, committed_shards, read_records
+from catalog.state import CubeState, cube_state
+from catalog.writer import CatalogWriter, read_records
+from flows.notify import flow_options
 from pipelines.archive.serve import serve_archive
 from pipelines.grid import TileGrid
+from pipelines.increment import CurrentRow, inputs_digest, reconcile, settings_digest
 from pipelines.lock import cube_lock
 from pipelines.plan import BuildPlan, cube_layout, make_plan
 from pipelines.shard import build_shard
 from pipelines.splits import leakage_report, split_warnings
-from pipelines.write import open_or_create_cube, write_shard
+from pipelines.write import check_cube_layout, open_or_create_cube, write_shard
 from schemas.cube import CubeLayout
-from schemas.errors import TransientError
+from schemas.errors import DEBUG_ENV, EoforgeError, TransientError
 from schemas.recipe import Recipe, load_recipe
 from schemas.sensors import ARCHIVE_PREFIX
 
@@ -79,6 +82,32 @@ class _DaskCommNoise(logging.Filter):
         return True
 
 
+class _ExpectedErrorTraceback(logging.Filter):
+    """Drop the traceback Prefect logs for an eoforge error of bad input or state.
+
+    Such an error (a refused recipe change, a locked cube, a missing scene) carries its own
+    what/where/fix message, which the CLI prints once; Prefect's flow and task loggers would
+    add a traceback to the same news. Transient errors and anything else keep theirs, and
+    ``EOFORGE_DEBUG=1`` (``eoforge --debug``) keeps them all.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if (
+            isinstance(exc, EoforgeError)
+            and not isinstance(exc, TransientError)
+            and not os.environ.get(DEBUG_ENV)
+        ):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    _prefect_logger = logging.getLogger(_name)
+    if not any(isinstance(f, _ExpectedErrorTraceback) for f in _prefect_logger.filters):
+        _prefect_logger.addFilter(_ExpectedErrorTraceback())
+
 for _name in ("distributed.worker", "distributed.batched", "distributed.core"):
     _dask_logger = logging.getLogger(_name)
     if not any(isinstance(f, _DaskCommNoise) for f in _dask_logger.filters):
@@ -113,6 +142,13 @@ def build_shard_task(
     group = zarr.open_group(cube, mode="r+", use_consolidated=False)
     layout = CubeLayout.from_root_attrs(dict(group.attrs))
     built = build_shard(plan, shard_task)
+    settings = settings_digest(plan)
+    period = plan.period(shard_task.period_id)
+    grid = plan.grid()
+    inputs = {
+        (tid, period.id): inputs_digest(plan, grid.tile_from_id(tid), period, settings)
+        for tid in shard_task.tile_ids
+    }
     write_shard(
         group,
         layout,
@@ -121,7 +157,7 @@ def build_shard_task(
         labels=built.writer_labels(),
         period_id=shard_task.period_id,
     )
-    CatalogWriter(cube).commit_shard(shard_id, built.records, run_id)
+    CatalogWriter(cube).commit_shard(shard_id, built.records, run_id, inputs)
     return {
         "shard": shard_id,
         "period": period_id,
@@ -154,6 +190,8 @@ class BuildSummary:
     leakage: dict[str, Any] = field(default_factory=dict)
     label_flagged: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    rows_unchanged: int = 0
+    manifest: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -208,18 +246,31 @@ def _flow_run_name() -> str:
 
 
 @flow(name="build-dataset", flow_run_name=_flow_run_name, log_prints=False)
-def build_dataset(recipe_path: str, dask_address: str | None = None) -> dict[str, Any]:
-    """Build (or resume) the cube and tile catalog a recipe describes.
+def build_dataset(
+    recipe_path: str, dask_address: str | None = None, output: str | None = None
+) -> dict[str, Any]:
+    """Build the cube and tile catalog a recipe describes, or add what is new to it.
+
+    A rerun on an existing cube is incremental (:mod:`pipelines.increment`): new periods, new
+    tiles and tiles whose source scenes changed are built at new cube positions, the rest is
+    left untouched, and the run becomes a new catalog version with a manifest of the changes.
 
     Args:
         recipe_path: Path of the recipe YAML.
         dask_address: Address of a running Dask scheduler (overrides the recipe).
+        output: Cube path or URL (overrides ``output.path``: how to ask for a new cube).
 
     Returns:
         The :class:`BuildSummary` as a dict.
     """
-    recipe = load_recipe(recipe_path).resolve_paths(Path.cwd())
+    recipe = _with_output(load_recipe(recipe_path), output).resolve_paths(Path.cwd())
     return _run(recipe, dask_address)
+
+
+def _with_output(recipe: Recipe, output: str | None) -> Recipe:
+    if output is None:
+        return recipe
+    return recipe.model_copy(update={"output": recipe.output.model_copy(update={"path": output})})
 
 
 def _run(recipe: Recipe, dask_address: str | None) -> dict[str, Any]:
@@ -236,10 +287,23 @@ def _run_locked(
 ) -> dict[str, Any]:
     summary = BuildSummary(recipe=recipe.name, cube=str(cube), run_id=run_id)
     layout = cube_layout(recipe)
+    check_cube_layout(cube, layout)  # before any search: a refused change costs nothing
     with _catalog_urls(recipe) as urls:
-        plan = make_plan(recipe, urls)
-        summary.searches = [s.search_summary for s in plan.sensors]
-        summary.tiles = len({t for s in plan.shards for t in s.tile_ids})
+        full_plan = make_plan(recipe, urls)
+        summary.searches = [s.search_summary for s in full_plan.sensors]
+        summary.tiles = len({t for s in full_plan.shards for t in s.tile_ids})
+        # Refuses a cube of another layout before anything is written.
+        open_or_create_cube(cube, layout)
+        state = cube_state(cube)
+        plan, manifest, digests = reconcile(
+            full_plan,
+            [CurrentRow(t, p, d) for (t, p), d in state.current.items()],
+            next_shard_index=state.next_shard_index,
+            base_version=state.version,
+        )
+        logger.info("build plan %s", manifest.summary_line())
+        summary.rows_unchanged = manifest.unchanged
+        summary.manifest = manifest.to_dict()
         summary.shards_total = len(plan.shards)
         summary.positions = plan.n_positions
         open_or_create_cube(cube, layout, n_tiles_capacity=plan.n_positions)
@@ -247,8 +311,7 @@ def _run_locked(
         plan_dir.mkdir(parents=True, exist_ok=True)
         plan_path = plan_dir / f"plan-{run_id}.json"
         plan_path.write_text(plan.to_json())
-        done = committed_shards(cube)
-        todo = [s for s in plan.shards if s.id not in done]
+        todo = _resumable(plan, state, digests)
         summary.shards_skipped = len(plan.shards) - len(todo)
         runner = _task_runner(recipe, dask_address)
         results = _submit_all(runner, str(plan_path), str(cube), todo, run_id)
@@ -264,11 +327,35 @@ def _run_locked(
     return summary.to_dict()
 
 
+def _resumable(plan: BuildPlan, state: CubeState, digests: dict[tuple[str, str], str]) -> list[Any]:
+    """The plan's shards still to build: those an unfinished run committed are skipped.
+
+    A pending part counts as done only if it holds exactly the shard's planned rows with the
+    planned digests; any other pending part is set aside, so that no version adopts it.
+    """
+    planned = {s.id: s for s in plan.shards}
+    done: set[str] = set()
+    for shard_id in list(state.pending):
+        task_ = planned.get(shard_id)
+        want = (
+            {(t, task_.period_id): digests[(t, task_.period_id)] for t in task_.tile_ids}
+            if task_ is not None
+            else None
+        )
+        if want is not None and state.pending[shard_id].rows == want:
+            done.add(shard_id)
+        else:
+            state.set_aside(shard_id, "this build plans other rows for that shard")
+    return [s for s in plan.shards if s.id not in done]
+
+
 def _split_and_label_summary(summary: BuildSummary, cube: Path, recipe: Recipe) -> None:
     """Split counts, the leakage report, flagged tiles and split warnings over the whole cube."""
     table = read_records(cube)
     first: dict[str, dict[str, Any]] = {}
-    for row in table.select(["tile_id", "split", "label_flags", "multilabels"]).to_pylist():
+    # Rows sorted by position: a rebuilt row (append-only, so at a higher position) wins.
+    columns = ["tile_id", "split", "label_flags", "multilabels"]
+    for row in reversed(table.select(columns).to_pylist()):
         first.setdefault(row["tile_id"], row)
     splits = {tid: row["split"] for tid, row in first.items() if row["split"]}
     summary.splits = dict(sorted(Counter(splits.values()).items()))
@@ -320,15 +407,20 @@ def _submit_all(
 
 
 def run_build(
-    recipe_path: str | os.PathLike[str], dask_address: str | None = None
+    recipe_path: str | os.PathLike[str],
+    dask_address: str | None = None,
+    output: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run :func:`build_dataset` (what ``eoforge build`` calls).
 
-    The recipe is validated before Prefect starts, so a bad recipe fails fast with the field.
+    The recipe is validated before Prefect starts, so a bad recipe fails fast with the field;
+    its ``execution`` section sets the flow's retries, timeout and failure notification.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral API needs ~10-20 s on 2 busy cores; Prefect's default wait (20 s) is short.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    load_recipe(recipe_path)
-    result: dict[str, Any] = build_dataset(str(recipe_path), dask_address)
+    recipe = load_recipe(recipe_path)
+    flow_ = build_dataset.with_options(**flow_options(recipe))
+    out = None if output is None else str(output)
+    result: dict[str, Any] = flow_(str(recipe_path), dask_address, out)
     return result

@@ -25,12 +25,22 @@ def register(app: typer.Typer) -> None:
         dask_address: str | None = typer.Option(
             None, "--dask-address", help="Address of a running Dask scheduler (tcp://host:port)."
         ),
+        output: str | None = typer.Option(
+            None,
+            "--output",
+            help="Cube path or URL instead of the recipe's output.path (a new cube, e.g. when "
+            "the recipe changed bands, grid or resolution).",
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
-        """Build the cube and tile catalog a recipe describes; reruns resume where they stopped."""
+        """Build the cube and tile catalog a recipe describes.
+
+        A rerun on an existing cube adds what is new (periods, tiles, clearer scenes) as a new
+        catalog version and resumes a build that stopped midway.
+        """
         from flows.build import run_build
 
-        summary = run_build(recipe, dask_address)
+        summary = run_build(recipe, dask_address, output)
         if json_out:
             console.print_json(json.dumps(summary))
             return
@@ -53,6 +63,14 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     ):
         table.add_row(key, str(summary[key]))
     table.add_row("skipped scenes", str(len(summary["skipped_scenes"])))
+    manifest = summary.get("manifest") or {}
+    if manifest:
+        base = manifest.get("base_version")
+        table.add_row(
+            "rows vs " + ("new cube" if base is None else f"version {base}"),
+            f"{len(manifest.get('added', []))} added, {len(manifest.get('rebuilt', {}))} "
+            f"rebuilt, {manifest.get('unchanged', 0)} unchanged",
+        )
     if summary.get("splits"):
         table.add_row("splits (tiles)", ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
         distance = summary.get("leakage", {}).get("min_test_train_distance_m")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from flows.build import build_dataset
+from flows.notify import flow_options
 from schemas.errors import InvalidInputError, NotFoundError
 from schemas.recipe import load_recipe
 
@@ -68,14 +69,8 @@ def scheduled_run_name() -> str:
 
 
 def _flow_options(recipe_path: Path) -> dict[str, Any]:
-    """Retries and timeout of the flow from the recipe's execution section, where present."""
-    execution = load_recipe(recipe_path).execution
-    options: dict[str, Any] = {"flow_run_name": scheduled_run_name}
-    for field in ("retries", "retry_delay_seconds", "timeout_seconds"):
-        value = getattr(execution, field, None)
-        if value is not None:
-            options[field] = value
-    return options
+    """Run name, retries, timeout and failure notification from the recipe's execution."""
+    return {"flow_run_name": scheduled_run_name, **flow_options(load_recipe(recipe_path))}
 
 
 def make_deployment(

@@ -64,6 +64,7 @@ from schemas.errors import ConflictError, InvalidInputError
 
 __all__ = [
     "TileLabels",
+    "check_cube_layout",
     "encode_values",
     "ensure_tile_capacity",
     "open_or_create_cube",
@@ -146,7 +147,9 @@ def _check_layout(group: zarr.Group, layout: CubeLayout, where: str) -> None:
             f"the existing cube was built with {diff} = {_lookup(stored, diff)!r}, the recipe "
             f"asks for {_lookup(wanted, diff)!r}",
             where=where,
-            fix="write to a new cube path, or change the recipe back to the cube's parameters",
+            fix="an incremental build may add periods, tiles and scenes, not change what the "
+            "cube's arrays hold: build a new cube (`eoforge build RECIPE --output NEW.zarr`, or "
+            "a new output.path), or change the recipe back to the cube's parameters",
         )
 
 
@@ -167,6 +170,28 @@ def _create(group: zarr.Group, layout: CubeLayout, n_tiles: int) -> None:
     # The root attributes mark the cube complete; they are written last, so a crash during
     # creation leaves a cube that the next call recreates instead of trusting.
     group.update_attributes(layout.root_attrs())
+
+
+def check_cube_layout(path: str | Path, layout: CubeLayout) -> bool:
+    """Refuse early a cube whose layout differs from ``layout``; writes nothing.
+
+    Incremental builds may add periods, tiles and scenes to a cube, never change what its
+    arrays hold (bands, resolutions, grid, dtypes, codec, labels): that needs a new cube.
+
+    Returns:
+        ``True`` if an eoforge cube with this layout exists at ``path``, ``False`` if none.
+
+    Raises:
+        ConflictError: As :func:`open_or_create_cube`.
+    """
+    try:
+        group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=False)
+    except FileNotFoundError:
+        return False
+    if _VERSION_KEY not in group.attrs:
+        return False
+    _check_layout(group, layout, str(path))
+    return True
 
 
 def open_or_create_cube(

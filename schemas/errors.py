@@ -12,6 +12,7 @@ Every message says what went wrong, where, and how to fix it. Build messages wit
 from __future__ import annotations
 
 __all__ = [
+    "DEBUG_ENV",
     "ConflictError",
     "EoforgeError",
     "InvalidInputError",
@@ -19,6 +20,9 @@ __all__ = [
     "TransientError",
     "format_message",
 ]
+
+#: Environment variable that keeps tracebacks of expected errors (``eoforge --debug`` sets it).
+DEBUG_ENV = "EOFORGE_DEBUG"
 
 
 def format_message(what: str, where: str | None = None, fix: str | None = None) -> str:

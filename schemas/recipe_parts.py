@@ -255,9 +255,43 @@ class ExecutionConfig(RecipeModel):
         le=256,
         description="Local cluster: threads per worker (default: Dask's choice).",
     )
+    retries: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Times a failed build is run again (Prefect flow retries); each retry "
+        "resumes at the first uncommitted shard. Shard tasks retry transient errors (HTTP "
+        "429/5xx, dropped connections) 3 times on their own.",
+    )
+    retry_delay_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=86400,
+        description="Seconds to wait before a build retry.",
+    )
+    timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Fail a build that runs longer than this (Prefect flow timeout); "
+        "committed shards stay committed and the next run resumes. Default: no limit.",
+    )
+    notify_url: str | None = Field(
+        default=None,
+        description="On a failed build, POST a JSON message (recipe, flow run, state, error) "
+        "to this http(s) URL, e.g. a Slack or Teams incoming webhook. The URL is never logged "
+        "(it usually carries a token).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        if self.notify_url is not None:
+            hook = urlparse(self.notify_url)
+            if hook.scheme not in ("http", "https") or not hook.hostname:
+                fail(
+                    "notify_url is not an http(s) URL",
+                    "notify_url",
+                    "give the webhook's full URL, e.g. https://hooks.example.com/...",
+                )
         if self.dask_address is None:
             return self
         url = urlparse(self.dask_address)
