@@ -58,6 +58,9 @@ Failure policy (per asset, in every backend)
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import logging
 import math
@@ -67,6 +70,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -138,11 +142,12 @@ _REPROJECT_LOCK = threading.Lock()
 
 
 def redact_href(href: str) -> str:
-    """An href without query string or fragment (signed URLs carry credentials there)."""
+    """An href without query string, fragment or ``user:password@`` (credentials live there)."""
     parts = urllib.parse.urlsplit(href)
     if parts.scheme in ("", "file") or len(parts.scheme) == 1:  # local path (or a drive letter)
         return href
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class BrokenAssetError(EoforgeError):
@@ -623,6 +628,45 @@ class _ReadConfig:
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
 
 
+@functools.cache
+def _gdal_library() -> ctypes.CDLL | None:
+    """The GDAL library rasterio runs on (its bundled copy, else the system's), or ``None``."""
+    here = Path(rasterio.__file__).resolve().parent
+    candidates = sorted((here.parent / "rasterio.libs").glob("libgdal*"))
+    found = ctypes.util.find_library("gdal")
+    for name in [*map(str, candidates), *([found] if found else [])]:
+        try:
+            lib = ctypes.CDLL(name)
+            lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+            lib.VSICurlClearCache.argtypes = []
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def clear_remote_cache(href: str) -> bool:
+    """Forget what GDAL's ``/vsicurl`` family cached for ``href`` (size, header blocks, errors).
+
+    GDAL keeps, per URL and per process, the result of a failed or truncated open; a retry would
+    meet the same cached failure without sending a request. (``CPL_VSIL_CURL_NON_CACHED`` takes a
+    colon-separated list, which an ``http://host:port`` URL cannot be part of.)
+
+    Returns:
+        Whether the cache could be cleared (``False`` if GDAL's library was not found).
+    """
+    lib = _gdal_library()
+    if lib is None:
+        return False
+    try:
+        from rasterio._path import _parse_path
+
+        lib.VSICurlPartialClearCache(_parse_path(href).as_vsi().encode())
+    except Exception:  # a private rasterio helper: clear everything instead
+        lib.VSICurlClearCache()
+    return True
+
+
 def _with_retries(
     request: WarpRequest,
     config: _ReadConfig,
@@ -634,16 +678,23 @@ def _with_retries(
     for attempt in range(attempts):
         env = dict(config.env)
         if attempt and _is_remote(request.href):
-            # /vsicurl caches a failed open; bypass its cache on retries.
-            env["CPL_VSIL_CURL_NON_CACHED"] = "/vsicurl/" + request.href
+            # /vsicurl caches a failed open (and a truncated header) per URL: forget it first.
+            clear_remote_cache(request.href)
         try:
             with rasterio.Env(**env), rasterio.open(request.href) as ds:
                 return work(ds)
         except RasterioError as exc:
             kind, text = classify_io_error(exc)
-            if kind == "corrupt" and _is_remote(request.href) and _SHORT_READ.search(text):
+            if (
+                kind == "corrupt"
+                and _is_remote(request.href)
+                and (_SHORT_READ.search(text) or attempt + 1 < attempts)
+            ):
                 # Over HTTP a short block read means the transfer broke (server gone, connection
-                # dropped: GDAL logs response_code=0), not that the file is damaged.
+                # dropped: GDAL logs response_code=0), not that the file is damaged. And a header
+                # that reads as garbage ("not recognized as a supported file format") may be a
+                # truncated or throttled response: the file is called damaged only if it still
+                # reads so on the last attempt (bypassing /vsicurl's cache).
                 kind = "transient"
             ids = {"item_id": request.item_id, "asset_key": request.asset_key}
             if kind == "missing":

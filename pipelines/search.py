@@ -29,6 +29,7 @@ import functools
 import logging
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 from urllib3 import Retry
 
+from pipelines._warp import redact_href
 from pipelines.stac_filter import CLOUD_PROPERTY, cloud_filter, conforms_to_filter
 from schemas.errors import (
     EoforgeError,
@@ -190,6 +192,51 @@ class RetryPolicy:
         )
 
 
+#: Failures while a response body is read (after urllib3's retries, which end at the headers).
+_BODY_ERRORS = re.compile(r"Connection broken|IncompleteRead|Response ended prematurely")
+
+
+class _BodyRetryingStacApiIO(StacApiIO):
+    """``StacApiIO`` that also retries a request whose response body broke off midway.
+
+    urllib3's ``Retry`` covers connecting, status codes and reading the headers; a connection
+    dropped while the body is read (a truncated page) surfaces as an ``APIError`` without a
+    status. Such requests are sent again (a STAC read or search is idempotent) with the same
+    backoff, up to ``policy.max_retries`` times; other errors pass through unchanged.
+    """
+
+    def __init__(self, policy: RetryPolicy, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._policy = policy
+
+    def request(
+        self,
+        href: str,
+        method: str | None = None,
+        headers: dict[str, str] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> str:
+        """As ``StacApiIO.request``, retrying broken bodies (class docstring)."""
+        policy = self._policy
+        for attempt in range(policy.max_retries + 1):
+            try:
+                return super().request(href, method, headers, parameters)
+            except APIError as err:
+                broken = getattr(err, "status_code", None) is None and _BODY_ERRORS.search(str(err))
+                if not broken or attempt == policy.max_retries:
+                    raise
+                delay = min(policy.backoff_factor * 2**attempt, policy.backoff_max)
+                logger.warning(
+                    "STAC response from %s broke off (attempt %d/%d), retrying in %.1f s",
+                    redact_href(href),
+                    attempt + 1,
+                    policy.max_retries + 1,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
 class _CappedRetry(Retry):
     """A ``Retry`` that waits no longer than ``backoff_max`` even when told ``Retry-After``."""
 
@@ -276,8 +323,8 @@ def open_client(
     """
     policy = retry or RetryPolicy()
     timeout = (policy.connect_timeout_s, policy.read_timeout_s)
-    stac_io = StacApiIO(
-        headers=dict(headers or {}), timeout=timeout, max_retries=policy.to_urllib3()
+    stac_io = _BodyRetryingStacApiIO(
+        policy, headers=dict(headers or {}), timeout=timeout, max_retries=policy.to_urllib3()
     )
     try:
         return Client.open(url, headers=dict(headers or {}), stac_io=stac_io, timeout=timeout)

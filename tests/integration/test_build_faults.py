@@ -1,0 +1,120 @@
+"""Builds through fault-injecting proxies: transient faults change nothing, broken scenes show.
+
+The tiny archive is served (rustac STAC API + range server) and a :class:`FaultProxy` stands in
+front of each server; the recipe names the proxied STAC API, whose answers point the asset
+hrefs at the proxied range server. So every search page and every COG byte range of the build
+may meet a fault.
+
+* With 10 % (and 30 %) of requests failing (429, 500, 503, connection reset, stall then drop,
+  truncated body, slow), the build completes with exactly the reference cube and catalog rows
+  of a clean build (``_build_helpers``).
+* A scene whose COG answers 404 every time is skipped, never fatal: the build completes and the
+  summary (and the run record in ``catalog/runs``) names the item, asset and reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from _build_helpers import (
+    BuildSession,
+    assert_same_cube,
+    assert_same_rows,
+    catalog_rows,
+    digest_cube,
+    run_build_cli,
+    shared_build_session,
+)
+from fault_proxy import FAULTS, FaultProxy
+
+from pipelines.archive.serve import serve_archive
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def session(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildSession]:
+    with shared_build_session(tiny_archive, tmp_path_factory.mktemp("build-session")) as s:
+        yield s
+
+
+def _proxied_recipe(session: BuildSession, name: str, stac_url: str) -> tuple[Path, Path]:
+    recipe, cube = session.recipe(name)
+    data = yaml.safe_load(recipe.read_text())
+    for sensor in data["sensors"]:
+        sensor["catalog"] = stac_url
+        sensor["provider"] = "archive"
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    return recipe, cube
+
+
+def _build_through_proxies(
+    session: BuildSession, name: str, data_proxy: FaultProxy, stac_proxy: FaultProxy
+) -> tuple[dict[str, object], Path]:
+    with serve_archive(session.archive) as srv:
+        data_proxy.upstream_port = int(srv.data_url.rsplit(":", 1)[1].split("/")[0])
+        stac_proxy.upstream_port = int(srv.stac_url.rsplit(":", 1)[1].split("/")[0])
+        with data_proxy.running(), stac_proxy.running():
+            stac_proxy.rewrite = {
+                srv.data_url.rstrip("/").encode(): data_proxy.url.encode(),
+                srv.stac_url.rstrip("/").encode(): stac_proxy.url.encode(),
+            }
+            recipe, cube = _proxied_recipe(session, name, stac_proxy.url)
+            summary = run_build_cli(recipe, session.env(), session.work)
+    return summary, cube
+
+
+@pytest.mark.parametrize(("fraction", "seed"), [(0.10, 11), (0.30, 5)])
+def test_transient_faults_give_the_clean_build(
+    session: BuildSession, fraction: float, seed: int
+) -> None:
+    data_proxy = FaultProxy("http://127.0.0.1:1", fraction=fraction, seed=seed)
+    stac_proxy = FaultProxy(
+        "http://127.0.0.1:1",
+        fraction=fraction,
+        seed=seed + 1,
+        faults=("429", "500", "503", "reset", "truncated"),
+    )
+    summary, cube = _build_through_proxies(session, f"faults-{seed}", data_proxy, stac_proxy)
+    assert summary["skipped_scenes"] == []
+    assert_same_rows(catalog_rows(cube), session.rows)
+    assert_same_cube(digest_cube(cube), session.digest)
+    # Faults did happen (the tiny build reads its COGs in a few dozen merged range requests).
+    data_faults = sum(data_proxy.counts[k] for k in FAULTS)
+    assert data_proxy.counts["requests"] > 30 and data_faults >= 3, data_proxy.counts
+    assert stac_proxy.counts["requests"] > 10, stac_proxy.counts
+    if fraction >= 0.3:  # the heavier run meets every kind of fault on the data path
+        assert all(data_proxy.counts[k] >= 1 for k in FAULTS), data_proxy.counts
+
+
+def test_a_permanently_missing_scene_is_skipped_and_reported(session: BuildSession) -> None:
+    used_before = sorted(
+        {
+            i
+            for r in session.rows
+            for s in r["sensors"]
+            if s["sensor"] == "sentinel-2-l2a"
+            for i in s["item_ids"]
+        }
+    )
+    victim = used_before[0]  # a scene the clean build used
+    data_proxy = FaultProxy("http://127.0.0.1:1", fraction=0.0, broken=(f"/{victim}/",))
+    stac_proxy = FaultProxy("http://127.0.0.1:1", fraction=0.0)
+    summary, cube = _build_through_proxies(session, "broken-scene", data_proxy, stac_proxy)
+    assert data_proxy.counts["404"] >= 1, data_proxy.counts
+    skipped = summary["skipped_scenes"]
+    assert isinstance(skipped, list) and skipped
+    assert {s["item"] for s in skipped} == {victim}
+    assert all(s["sensor"] == "sentinel-2-l2a" and "does not exist" in s["reason"] for s in skipped)
+    # The run record in the catalog keeps the report; the scene is in no catalog row.
+    (run_file,) = (cube / "catalog" / "runs").glob("*.json")
+    recorded = json.loads(run_file.read_text())["summary"]["skipped_scenes"]
+    assert recorded == skipped
+    rows = catalog_rows(cube)
+    assert len(rows) == len(session.rows)
+    used = {i for r in rows for s in r["sensors"] for i in s["item_ids"]}
+    assert victim not in used
