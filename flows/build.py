@@ -15,6 +15,7 @@ ephemeral Prefect API per worker unless ``PREFECT_API_URL`` points at a running 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ from prefect_dask.task_runners import DaskTaskRunner
 from catalog.state import CubeState, cube_state
 from catalog.writer import CatalogWriter, read_records
 from flows.notify import flow_options
+from pipelines._warp import redact_href
 from pipelines.archive.serve import serve_archive
 from pipelines.grid import TileGrid
 from pipelines.increment import CurrentRow, inputs_digest, reconcile, settings_digest
@@ -307,14 +309,15 @@ def _run_locked(
         summary.shards_total = len(plan.shards)
         summary.positions = plan.n_positions
         open_or_create_cube(cube, layout, n_tiles_capacity=plan.n_positions)
-        plan_dir = cube / PLAN_DIR
-        plan_dir.mkdir(parents=True, exist_ok=True)
-        plan_path = plan_dir / f"plan-{run_id}.json"
-        plan_path.write_text(plan.to_json())
-        todo = _resumable(plan, state, digests)
-        summary.shards_skipped = len(plan.shards) - len(todo)
-        runner = _task_runner(recipe, dask_address)
-        results = _submit_all(runner, str(plan_path), str(cube), todo, run_id)
+        plan_path = _write_plan(cube, run_id, plan)
+        try:
+            todo = _resumable(plan, state, digests)
+            summary.shards_skipped = len(plan.shards) - len(todo)
+            runner = _task_runner(recipe, dask_address)
+            results = _submit_all(runner, str(plan_path), str(cube), todo, run_id)
+        finally:
+            # The plan holds the items' hrefs, signed URLs included: keep it only redacted.
+            _redact_plan(plan_path)
     for r in results:
         summary.shards_built += 1
         summary.skipped_scenes.extend(r["skipped"])
@@ -325,6 +328,49 @@ def _run_locked(
     summary.seconds = round(time.perf_counter() - t0, 2)
     CatalogWriter(cube).finish_run(run_id, summary.to_dict())
     return summary.to_dict()
+
+
+def _write_plan(cube: Path, run_id: str, plan: BuildPlan) -> Path:
+    """Write the plan the shard tasks read, readable by the owner only.
+
+    Plans of earlier runs that were killed (the lock is held, so none is running) are redacted
+    first: they hold item hrefs, which may be signed URLs carrying credentials.
+    """
+    plan_dir = cube / PLAN_DIR
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    for stale in plan_dir.glob("plan-*.json"):
+        _redact_plan(stale)
+    path = plan_dir / f"plan-{run_id}.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(plan.to_json())
+    return path
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_href(value) if "://" in value and "?" in value else value
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return value
+
+
+def _redact_plan(path: Path) -> None:
+    """Rewrite a plan file without URL query strings (signatures, tokens), atomically.
+
+    What is left is the run's provenance (item ids, self links, periods, shards), which the
+    STAC export and the dataset card read.
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_redacted(doc), sort_keys=True, separators=(",", ":")))
+    tmp.chmod(0o644)
+    tmp.replace(path)
 
 
 def _resumable(plan: BuildPlan, state: CubeState, digests: dict[tuple[str, str], str]) -> list[Any]:

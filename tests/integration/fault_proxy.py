@@ -37,6 +37,16 @@ FAULTS = ("429", "500", "503", "reset", "stall", "truncated", "slow")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """A server that does not print a traceback when a client drops its connection."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class FaultProxy:
     """Forward to ``upstream`` with faults (module docstring).
 
@@ -186,7 +196,7 @@ class FaultProxy:
     @contextmanager
     def running(self) -> Iterator[FaultProxy]:
         """Serve on a free loopback port until the block ends."""
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        server = _QuietServer(("127.0.0.1", 0), self._handler())
         server.daemon_threads = True
         self._server = server
         thread = threading.Thread(target=server.serve_forever, name="fault-proxy", daemon=True)

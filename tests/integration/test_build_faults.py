@@ -15,15 +15,18 @@ may meet a fault.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from _build_helpers import (
+    EOFORGE,
     BuildSession,
     assert_same_cube,
     assert_same_rows,
+    build_argv,
     catalog_rows,
     digest_cube,
     run_build_cli,
@@ -118,3 +121,71 @@ def test_a_permanently_missing_scene_is_skipped_and_reported(session: BuildSessi
     assert len(rows) == len(session.rows)
     used = {i for r in rows for s in r["sensors"] for i in s["item_ids"]}
     assert victim not in used
+
+
+#: Planted credentials: a signed-URL signature, a webhook token, S3 and Planetary Computer keys.
+SECRETS = ("PLANTEDSIG0001", "PLANTEDHOOK0002", "PLANTEDKEY0003", "PLANTEDKEY0004")
+
+
+def test_planted_secrets_never_reach_logs_catalog_or_stac(session: BuildSession) -> None:
+    data_proxy = FaultProxy("http://127.0.0.1:1", fraction=0.0)
+    stac_proxy = FaultProxy("http://127.0.0.1:1", fraction=0.0)
+    env = {
+        **session.env(),
+        "AWS_SECRET_ACCESS_KEY": SECRETS[2],
+        "PC_SDK_SUBSCRIPTION_KEY": SECRETS[3],
+    }
+    with serve_archive(session.archive) as srv:
+        data_proxy.upstream_port = int(srv.data_url.rsplit(":", 1)[1].split("/")[0])
+        stac_proxy.upstream_port = int(srv.stac_url.rsplit(":", 1)[1].split("/")[0])
+        with data_proxy.running(), stac_proxy.running():
+            stac_proxy.rewrite = {
+                srv.data_url.rstrip("/").encode(): data_proxy.url.encode(),
+                srv.stac_url.rstrip("/").encode(): stac_proxy.url.encode(),
+                # Every asset href becomes a signed URL, as Planetary Computer hands them out.
+                b'.tif"': f'.tif?se=2099-01-01&X-Amz-Signature={SECRETS[0]}"'.encode(),
+            }
+            recipe, cube = _proxied_recipe(session, "secrets", stac_proxy.url)
+            data = yaml.safe_load(recipe.read_text())
+            data["execution"]["notify_url"] = f"http://127.0.0.1:9/hooks/{SECRETS[1]}"
+            recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+            proc = subprocess.run(
+                build_argv(recipe),
+                cwd=session.work,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert data_proxy.counts["requests"] > 10  # the signed hrefs were used to read pixels
+    stac_out = session.work / "secrets-stac"
+    stac_out.mkdir()
+    export = subprocess.run(
+        [
+            EOFORGE,
+            "tiles",
+            "export-stac",
+            str(cube),
+            str(stac_out / "items.parquet"),
+            "--ndjson",
+            str(stac_out / "items.ndjson"),
+        ],
+        cwd=session.work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+    texts = {
+        "build stdout": proc.stdout,
+        "build stderr": proc.stderr,
+        "export output": export.stdout + export.stderr,
+    }
+    for path in [*cube.rglob("*"), *stac_out.rglob("*")]:
+        if path.is_file():
+            texts[str(path)] = path.read_bytes().decode("latin-1")
+    leaks = sorted(f"{where}: {s}" for where, text in texts.items() for s in SECRETS if s in text)
+    assert leaks == []
