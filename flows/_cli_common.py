@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from schemas.errors import EoforgeError
+from schemas.errors import DEBUG_ENV, EoforgeError
 
 __all__ = ["console", "err_console", "reports_errors"]
 
@@ -23,13 +24,18 @@ R = TypeVar("R")
 
 
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn an :class:`EoforgeError` into one clear message and a non-zero exit, no traceback."""
+    """Turn an :class:`EoforgeError` into one clear message and a non-zero exit.
+
+    No traceback, unless ``eoforge --debug`` (``EOFORGE_DEBUG=1``) asks for one.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except EoforgeError as exc:
+            if os.environ.get(DEBUG_ENV):
+                err_console.print_exception()
             err_console.print(
                 f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
             )

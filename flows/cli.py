@@ -16,6 +16,7 @@ from flows.cli_recipe import app as recipe_app
 from flows.cli_schedule import register as register_schedule
 from flows.cli_tiles import app as tiles_app
 from schemas import __version__
+from schemas.errors import DEBUG_ENV
 
 __all__ = ["app", "main"]
 
@@ -51,8 +52,15 @@ def _root(
         is_eager=True,
         help="Print the eoforge version and exit.",
     ),
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        help="Show the traceback of an error (and Prefect's) instead of one line.",
+    ),
 ) -> None:
     """eoforge: ML-ready Earth-observation datasets."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @app.command("demo")

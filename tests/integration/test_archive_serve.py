@@ -400,3 +400,11 @@ def test_sort_items_descending_with_missing_last() -> None:
     by_cloud = sort_items(items, ["-properties.eo:cloud_cover", "-id"])
     assert [i["id"] for i in by_cloud] == ["d", "c", "b", "a"]
     assert [i["id"] for i in sort_items(items, ["+datetime", "id"])] == ["a", "b", "c", "d"]
+
+
+def test_servers_bind_loopback_by_default(served: ArchiveServer) -> None:
+    """A served archive is reachable from this machine only unless told otherwise."""
+    from urllib.parse import urlsplit
+
+    assert urlsplit(served.stac_url).hostname == "127.0.0.1"
+    assert urlsplit(served.data_url).hostname == "127.0.0.1"
