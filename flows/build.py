@@ -42,7 +42,7 @@ from pipelines.lock import cube_lock
 from pipelines.plan import BuildPlan, cube_layout, make_plan
 from pipelines.shard import build_shard
 from pipelines.splits import leakage_report, split_warnings
-from pipelines.write import check_cube_layout, open_or_create_cube, write_shard
+from pipelines.write import check_cube_layout, open_or_create_cube, tile_capacity, write_shard
 from schemas.cube import CubeLayout
 from schemas.errors import DEBUG_ENV, EoforgeError, TransientError
 from schemas.recipe import Recipe, load_recipe
@@ -307,8 +307,8 @@ def _run_locked(
         summary.rows_unchanged = manifest.unchanged
         summary.manifest = manifest.to_dict()
         summary.shards_total = len(plan.shards)
-        summary.positions = plan.n_positions
-        open_or_create_cube(cube, layout, n_tiles_capacity=plan.n_positions)
+        group = open_or_create_cube(cube, layout, n_tiles_capacity=plan.n_positions)
+        summary.positions = tile_capacity(group)  # the whole tile axis, earlier runs' included
         plan_path = _write_plan(cube, run_id, plan)
         try:
             todo = _resumable(plan, state, digests)
