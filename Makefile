@@ -8,7 +8,7 @@ STAMP := $(VENV)/.eoforge-installed
 # The CPU build of torch: a pinned version so pip never pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test lint typecheck bench system-deps clean
+.PHONY: install demo test lint typecheck bench system-deps clean test-long
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: install system-deps
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# The long reliability run: the crash test with 20 random SIGKILL moments instead of 3.
+test-long: install system-deps
+	EOFORGE_CRASH_KILLS=20 $(BIN)/python -m pytest -q tests/integration/test_build_crash.py
 
 lint:
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
