@@ -12,6 +12,7 @@ import typer
 from flows._cli_common import console
 from flows.cli_archive import app as archive_app
 from flows.cli_build import register as register_build
+from flows.cli_preview import register as register_preview
 from flows.cli_recipe import app as recipe_app
 from flows.cli_schedule import register as register_schedule
 from flows.cli_tiles import app as tiles_app
@@ -35,6 +36,7 @@ app.add_typer(archive_app, name="archive")
 app.add_typer(tiles_app, name="tiles")
 register_build(app)
 register_schedule(app)
+register_preview(app)
 
 
 def _version_callback(value: bool) -> None:
