@@ -84,7 +84,7 @@ SPLIT_COLORS: Mapping[str, tuple[int, int, int]] = {
     "train": (31, 119, 180),
     "val": (255, 127, 14),
     "test": (44, 160, 44),
-    "unassigned": (150, 150, 150),
+    "unassigned": (150, 150, 190),
 }
 _OTHER_SPLIT_COLOR = (148, 103, 189)
 #: Mask display classes, in priority order (first match wins), with their colours.
