@@ -37,15 +37,16 @@ Resolution: every sensor comes at its native resolution (S2 10 m and Landsat 30 
 shrinking; a NaN spreads to its neighbours, so pass ``fill_value=0.0`` to avoid that) for the
 sensor values, ``nearest-exact`` for masks and labels.
 
-Normalisation: ``normalize="cube"`` uses per-band mean and standard deviation of the physical
-values over VALID pixels only (mask bit VALID set and not the fill value), from
-:func:`cube_stats`: computed once from an evenly spaced sample of at most ``stats_tiles`` catalog
-rows (all rows of the catalog version) and cached in the cube as ``_eoforge/stats.json``
-(written atomically: a temporary file renamed over, or one PUT on object storage). Delete that
-file, or call ``cube_stats(..., refresh=True)``, after the cube has grown a lot. A dict
-``{sensor: {"mean": [...], "std": [...]}}`` (one value per cube band or per selected band) gives
-the statistics directly. A band without valid pixels gets mean 0, and a standard deviation of 0
-or unknown is taken as 1.
+Normalisation: ``normalize="cube"`` uses per-band mean and standard deviation of the physical values
+over VALID pixels only (mask bit VALID set and not the fill value), from :func:`cube_stats`: the
+build's statistics over every current tile (``stats.json`` at the cube root, written at the end of
+every build) when present; otherwise computed once from an evenly spaced sample of at most
+``stats_tiles`` catalog rows (all rows of the catalog version) and cached in the cube as
+``_eoforge/stats.json`` (written atomically: a temporary file renamed over, or one PUT on object
+storage). Delete that file, or call ``cube_stats(..., refresh=True)``, after the cube has grown a
+lot. A dict ``{sensor: {"mean": [...], "std": [...]}}`` (one value per cube band or per selected
+band) gives the statistics directly. A band without valid pixels gets mean 0, and a standard
+deviation of 0 or unknown is taken as 1.
 
 Workers: the dataset holds the cube URI, a numpy array of cube positions and its options; the
 array reader (:mod:`catalog._arrays`) opens the cube lazily in each process and reopens it after
@@ -106,6 +107,9 @@ log = logging.getLogger(__name__)
 Sample = dict[str, Any]
 #: Where :func:`cube_stats` caches the statistics, relative to the cube root.
 STATS_PATH = "_eoforge/stats.json"
+#: The build's full statistics (``pipelines.stats``), preferred over the sampled cache.
+BUILD_STATS_PATH = "stats.json"
+_BUILD_STATS_FORMAT = 1
 _STATS_FORMAT = 1
 DEFAULT_STATS_TILES = 64
 _VALID = int(MaskBit.VALID)
@@ -142,6 +146,46 @@ def _load_stats(cube_uri: str, storage_options: Mapping[str, Any] | None) -> dic
     if not isinstance(doc, dict) or doc.get("format") != _STATS_FORMAT:
         return None
     return doc
+
+
+def _load_build_stats(
+    cube_uri: str, storage_options: Mapping[str, Any] | None, names: Sequence[str]
+) -> dict[str, Any] | None:
+    """The build's full statistics (``<cube>/stats.json``) in :func:`cube_stats`' form, if any.
+
+    ``None`` when the file is missing, unreadable, of another format or lacks a sensor.
+    """
+    try:
+        if is_remote(cube_uri):
+            data = read_remote_bytes(cube_uri, dict(storage_options or {}), BUILD_STATS_PATH)
+            if data is None:
+                return None
+            text = data.decode("utf-8")
+        else:
+            text = (Path(cube_uri) / BUILD_STATS_PATH).read_text(encoding="utf-8")
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("format") != _BUILD_STATS_FORMAT:
+            return None
+        sensors: dict[str, Any] = {}
+        for name in names:
+            entry = doc["sensors"][name]
+            bands = list(entry["bands"])
+            per_band = entry["splits"]["all"]
+            sensors[name] = {
+                "bands": bands,
+                "mean": [per_band[b]["mean"] for b in bands],
+                "std": [per_band[b]["std"] for b in bands],
+                "count": [int(per_band[b]["count"]) for b in bands],
+            }
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return None
+    return {
+        "format": _STATS_FORMAT,
+        "method": "the build's statistics over every current tile (" + BUILD_STATS_PATH + ")",
+        "source": BUILD_STATS_PATH,
+        "positions": list(doc.get("positions", [])),
+        "sensors": sensors,
+    }
 
 
 def _save_stats(
@@ -246,11 +290,13 @@ def cube_stats(
 ) -> dict[str, Any]:
     """Per-band statistics of every sensor of the cube over VALID pixels, cached in the cube.
 
-    Reads ``<cube>/_eoforge/stats.json`` when it exists and covers every sensor (unless
-    ``refresh``); otherwise computes the statistics from an evenly spaced sample of at most
-    ``max_tiles`` cube positions of the catalog's rows and writes the file atomically. Only
-    pixels whose mask has :attr:`~schemas.cube.MaskBit.VALID` and whose value is not the fill
-    count; values are physical (scale_factor and add_offset applied).
+    Uses the build's statistics over every current tile (``<cube>/stats.json``, written at the end
+    of every build) when they exist and cover every sensor (unless ``refresh``); else reads
+    ``<cube>/_eoforge/stats.json`` when it exists and covers every sensor; otherwise computes the
+    statistics from an evenly spaced sample of at most ``max_tiles`` cube positions of the catalog's
+    rows and writes the file atomically. Only pixels whose mask has
+    :attr:`~schemas.cube.MaskBit.VALID` and whose value is not the fill count; values are physical
+    (scale_factor and add_offset applied).
 
     Args:
         cube: Cube directory or URL.
@@ -269,6 +315,9 @@ def cube_stats(
     layout = read_layout(reader)
     names = [s.name for s in layout.sensors]
     if not refresh:
+        built = _load_build_stats(uri, storage_options, names)
+        if built is not None:
+            return built
         doc = _load_stats(uri, storage_options)
         if doc is not None and all(n in doc.get("sensors", {}) for n in names):
             return doc

@@ -15,6 +15,7 @@ from flows.cli_build import register as register_build
 from flows.cli_preview import register as register_preview
 from flows.cli_recipe import app as recipe_app
 from flows.cli_schedule import register as register_schedule
+from flows.cli_stats import register as register_stats
 from flows.cli_tiles import app as tiles_app
 from schemas import __version__
 from schemas.errors import DEBUG_ENV
@@ -37,6 +38,7 @@ app.add_typer(tiles_app, name="tiles")
 register_build(app)
 register_schedule(app)
 register_preview(app)
+register_stats(app)
 
 
 def _version_callback(value: bool) -> None:

@@ -169,3 +169,39 @@ def test_bad_arguments_are_refused(cube: Path) -> None:
         cube_statistics(cube, {0: "train"}, n_bins=0)
     with pytest.raises(InvalidInputError):
         cube_statistics(cube, {-1: "train"})
+
+
+def test_cube_stats_prefers_the_builds_full_statistics(tmp_path: Path) -> None:
+    from catalog.dataset import STATS_PATH, cube_stats
+
+    cube = build_cube(tmp_path / "cube.zarr", n_tiles=6, seed=3)
+    sampled = cube_stats(cube, max_tiles=2, refresh=True)  # a sample of 2 tiles, cached
+    assert (cube / STATS_PATH).exists()
+    full = update_cube_stats(cube)
+    got = cube_stats(cube)
+    assert got["source"] == STATS_FILE
+    for name in (S2, LS):
+        bands = full["sensors"][name]["bands"]
+        want = [full["sensors"][name]["splits"]["all"][b]["mean"] for b in bands]
+        assert got["sensors"][name]["mean"] == want
+        assert sum(got["sensors"][name]["count"]) > sum(sampled["sensors"][name]["count"])
+    # Without the build's file, the sampled cache is used again.
+    (cube / STATS_FILE).unlink()
+    assert cube_stats(cube)["sensors"] == sampled["sensors"]
+
+
+def test_cli_stats_writes_and_prints(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    cube = build_cube(tmp_path / "cube.zarr", n_tiles=4, seed=5)
+    result = CliRunner().invoke(app, ["stats", str(cube)])
+    assert result.exit_code == 0, result.output
+    assert "sentinel-2-l2a" in result.output and "forest" in result.output
+    doc = json.loads((cube / STATS_FILE).read_text())
+    assert doc["splits"]["all"] == 4
+    # The consolidated metadata carries the new root attribute.
+    assert ATTRS_KEY in zarr.open_group(str(cube), mode="r", use_consolidated=True).attrs
+    missing = CliRunner().invoke(app, ["stats", str(tmp_path / "nope")])
+    assert missing.exit_code != 0 and "not a cube" in missing.output
