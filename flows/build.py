@@ -33,7 +33,9 @@ from prefect_dask.task_runners import DaskTaskRunner
 
 from catalog.state import CubeState, cube_state
 from catalog.writer import CatalogWriter, read_records
+from flows.card import write_dataset_card
 from flows.notify import flow_options
+from flows.stats import update_cube_stats
 from pipelines._warp import redact_href
 from pipelines.archive.serve import serve_archive
 from pipelines.grid import TileGrid
@@ -279,6 +281,8 @@ def _run(recipe: Recipe, dask_address: str | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     cube = Path(recipe.output.path)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    # A refused layout change leaves the cube untouched, its lock file included.
+    check_cube_layout(cube, cube_layout(recipe))
     # One build per cube at a time, held until the run is recorded (see pipelines.lock).
     with cube_lock(cube, run_id):
         return _run_locked(recipe, dask_address, cube, run_id, t0)
@@ -322,6 +326,9 @@ def _run_locked(
         summary.shards_built += 1
         summary.skipped_scenes.extend(r["skipped"])
     _split_and_label_summary(summary, cube, recipe)
+    # Statistics of the current rows (stats.json + root attr), then the dataset card (README.md).
+    stats = update_cube_stats(cube)
+    write_dataset_card(cube, recipe=recipe, summary=summary.to_dict(), stats=stats, run_id=run_id)
     # Readers (xarray.open_zarr) open the cube in one request instead of one per array.
     zarr.consolidate_metadata(str(cube))
     summary.bytes_on_disk = _du(cube)

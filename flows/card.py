@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +30,14 @@ __all__ = ["CARD_FILE", "LIBRARIES", "card_text", "write_dataset_card"]
 
 #: Name of the card at the cube root.
 CARD_FILE = "README.md"
+
+# The card and ``stats.json`` are plain files at the cube root; Zarr's metadata consolidation
+# looks over them and warns that they are not Zarr nodes. They are eoforge's own: not news.
+warnings.filterwarnings(
+    "ignore",
+    message=r"Object at (README\.md|stats\.json) is not recognized as a component of a Zarr",
+    category=zarr.errors.ZarrUserWarning,
+)
 #: Libraries whose versions the card records (distribution names).
 LIBRARIES: tuple[str, ...] = (
     "numpy",
