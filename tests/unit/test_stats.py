@@ -205,3 +205,15 @@ def test_cli_stats_writes_and_prints(tmp_path: Path) -> None:
     assert ATTRS_KEY in zarr.open_group(str(cube), mode="r", use_consolidated=True).attrs
     missing = CliRunner().invoke(app, ["stats", str(tmp_path / "nope")])
     assert missing.exit_code != 0 and "not a cube" in missing.output
+
+
+def test_no_positions_give_empty_but_valid_statistics(cube: Path, tmp_path: Path) -> None:
+    from pipelines.stats import write_stats
+
+    stats = cube_statistics(cube, {})
+    assert stats["splits"] == {"all": 0}
+    band = stats["sensors"][S2]["splits"]["all"]["B02"]
+    assert band["count"] == 0 and band["mean"] is None and band["p50"] is None
+    assert stats["labels"]["corine"]["all"]["labelled_pixels"] == 0
+    write_stats(tmp_path, stats)  # JSON without NaN or infinity
+    assert json.loads((tmp_path / STATS_FILE).read_text())["n_positions"] == 0
