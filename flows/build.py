@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -46,7 +47,7 @@ from pipelines.shard import build_shard
 from pipelines.splits import leakage_report, split_warnings
 from pipelines.write import check_cube_layout, open_or_create_cube, tile_capacity, write_shard
 from schemas.cube import CubeLayout
-from schemas.errors import DEBUG_ENV, EoforgeError, TransientError
+from schemas.errors import DEBUG_ENV, EoforgeError, InvalidInputError, TransientError
 from schemas.recipe import Recipe, load_recipe
 from schemas.sensors import ARCHIVE_PREFIX
 
@@ -87,21 +88,17 @@ class _DaskCommNoise(logging.Filter):
 
 
 class _ExpectedErrorTraceback(logging.Filter):
-    """Drop the traceback Prefect logs for an eoforge error of bad input or state.
+    """Drop the traceback Prefect logs for an eoforge error.
 
-    Such an error (a refused recipe change, a locked cube, a missing scene) carries its own
-    what/where/fix message, which the CLI prints once; Prefect's flow and task loggers would
-    add a traceback to the same news. Transient errors and anything else keep theirs, and
+    Such an error (a refused recipe change, a locked cube, an unreachable catalog) carries its
+    own what/where/fix message, which the CLI prints once; Prefect's flow and task loggers would
+    add a traceback to the same news. Other exceptions (bugs) keep theirs, and
     ``EOFORGE_DEBUG=1`` (``eoforge --debug``) keeps them all.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if (
-            isinstance(exc, EoforgeError)
-            and not isinstance(exc, TransientError)
-            and not os.environ.get(DEBUG_ENV)
-        ):
+        if isinstance(exc, EoforgeError) and not os.environ.get(DEBUG_ENV):
             record.exc_info = None
             record.exc_text = None
         return True
@@ -277,15 +274,46 @@ def _with_output(recipe: Recipe, output: str | None) -> Recipe:
     return recipe.model_copy(update={"output": recipe.output.model_copy(update={"path": output})})
 
 
+def _check_writable(cube: Path) -> None:
+    """Refuse an output path that cannot hold a cube, before anything is written."""
+    if "://" in str(cube):
+        return  # object stores: checked by the first write
+    probe = cube
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InvalidInputError(
+            f"cannot write the cube here: {probe} is a file, not a folder",
+            where=str(cube),
+            fix="choose an output.path (or --output) inside a folder",
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidInputError(
+            f"cannot write the cube here: no write permission in {probe}",
+            where=str(cube),
+            fix="choose an output.path (or --output) in a folder you can write to",
+        )
+
+
 def _run(recipe: Recipe, dask_address: str | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     cube = Path(recipe.output.path)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    _check_writable(cube)
     # A refused layout change leaves the cube untouched, its lock file included.
     check_cube_layout(cube, cube_layout(recipe))
-    # One build per cube at a time, held until the run is recorded (see pipelines.lock).
-    with cube_lock(cube, run_id):
-        return _run_locked(recipe, dask_address, cube, run_id, t0)
+    created = not cube.exists()
+    try:
+        # One build per cube at a time, held until the run is recorded (see pipelines.lock).
+        with cube_lock(cube, run_id):
+            return _run_locked(recipe, dask_address, cube, run_id, t0)
+    except BaseException:
+        # A new cube that failed before its first commit (unreachable catalog, bad labels...)
+        # holds nothing worth keeping: leave no empty skeleton behind.
+        parts = cube / "catalog" / "parts"
+        if created and not (parts.is_dir() and any(parts.glob("*.parquet"))):
+            shutil.rmtree(cube, ignore_errors=True)
+        raise
 
 
 def _run_locked(

@@ -666,6 +666,14 @@ def _translate(
     if isinstance(exc, EoforgeError) or not isinstance(exc, Exception):
         return None
     who = provider.value if provider is not Provider.GENERIC else "the"
+    if type(exc).__name__ == "ClientTypeError" or isinstance(exc, ValueError):
+        # pystac-client found no STAC Catalog at the URL (other JSON, or no JSON at all).
+        return InvalidInputError(
+            f"the URL does not answer as a STAC API ({' '.join(str(exc).split())[:160]})",
+            where=url,
+            fix="give the STAC API's landing page (root) URL, e.g. "
+            "https://earth-search.aws.element84.com/v1",
+        )
     if isinstance(exc, APIError):
         status = getattr(exc, "status_code", None)
         text = " ".join(str(exc).split())[:200]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -160,7 +161,7 @@ class Recipe(RecipeModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
-        problems = [*self._sensor_problems(), *self._label_problems()]
+        problems = [*self._size_problems(), *self._sensor_problems(), *self._label_problems()]
         problems.extend(
             (f"split.{field}", reason, fix)
             for field, reason, fix in self.split.grid_problems(self.grid.tile_size)
@@ -173,6 +174,27 @@ class Recipe(RecipeModel):
                 {"reason": reason, "path": path, "fix": fix, "more": tuple(problems[1:])},
             )
         return self
+
+    def _size_problems(self) -> list[tuple[str, str, str | None]]:
+        """The AOI size guard: tiles estimated from the AOI's geodesic area (no I/O)."""
+        aoi = self.aoi.to_shape()
+        if aoi is None:  # a vector file: the planner checks it once it is read
+            return []
+        from pyproj import Geod
+
+        area_m2 = abs(Geod(ellps="WGS84").geometry_area_perimeter(aoi)[0])
+        estimate = math.ceil(area_m2 / float(self.grid.tile_size) ** 2)
+        if estimate <= self.grid.max_tiles:
+            return []
+        return [
+            (
+                "aoi",
+                f"the AOI covers about {estimate:,} tiles of {self.grid.tile_size} m "
+                f"({area_m2 / 1e6:,.0f} km2), more than grid.max_tiles ({self.grid.max_tiles:,})",
+                f"use a smaller AOI or larger tiles, or set grid.max_tiles: {estimate} to build "
+                "it on purpose",
+            )
+        ]
 
     def _sensor_problems(self) -> list[tuple[str, str, str | None]]:
         problems: list[tuple[str, str, str | None]] = []

@@ -44,6 +44,12 @@ class GridConfig(RecipeModel):
             "120 px at 10 m, 60 px at 20 m, 40 px at 30 m and 20 px at 60 m (BigEarthNet size)."
         ),
     )
+    max_tiles: int = Field(
+        default=100_000,
+        ge=1,
+        description="Size guard: a recipe whose AOI covers more tiles than this (estimated from "
+        "its area before any search) is refused. Raise it to build a larger dataset on purpose.",
+    )
     crs: Literal["utm"] = Field(
         default="utm",
         description=(

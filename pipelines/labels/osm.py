@@ -596,6 +596,31 @@ def _quiet_rings() -> Iterator[None]:
         yield
 
 
+def _check_osm_xml_complete(path: Path) -> None:
+    """Refuse an OSM XML file cut short (GDAL's OSM driver reads the part before the cut).
+
+    A complete ``.osm`` file ends with ``</osm>``; a truncated download or export does not.
+    ``.osm.pbf`` files are left to GDAL, which reports a broken block.
+
+    Raises:
+        InvalidInputError: The XML file does not end with ``</osm>``.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(512).lstrip()
+        if not head.startswith((b"<?xml", b"<osm")):
+            return  # not XML (PBF): nothing to check here
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - 256))
+        tail = fh.read().rstrip()
+    if not tail.endswith(b"</osm>"):
+        raise InvalidInputError(
+            "the OSM XML file is truncated or malformed (it does not end with </osm>)",
+            where=str(path),
+            fix="download or export the OSM file again",
+        )
+
+
 def _read_info(path: str, layer: str) -> dict[str, Any]:
     with _quiet_rings():
         info: dict[str, Any] = pyogrio.read_info(path, layer=layer)
@@ -731,6 +756,8 @@ class OsmReader:
         if not names:
             raise NotFoundError("the file has no layers", where=path, fix="give a non-empty file")
         self._is_osm = str(info.get("driver", "")) == "OSM"
+        if self._is_osm and not _is_remote(path):
+            _check_osm_xml_complete(Path(path))
         layer = self.source.layer
         if layer is not None:
             if layer not in names:
