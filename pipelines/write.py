@@ -139,8 +139,9 @@ def _lookup(tree: Any, path: str) -> Any:
 
 
 def _check_layout(group: zarr.Group, layout: CubeLayout, where: str) -> None:
-    stored = dict(group.attrs)
     wanted = layout.root_attrs()
+    # Only the layout's own keys: a build adds others (statistics) that may change per run.
+    stored = {k: v for k, v in dict(group.attrs).items() if k in wanted}
     diff = _first_difference(stored, wanted)
     if diff is not None:
         raise ConflictError(
