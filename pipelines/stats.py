@@ -9,8 +9,9 @@ rows: a rebuilt tile's superseded position must not be passed) and their split:
   ``min``, ``max`` and percentiles ``p1 p5 p50 p95 p99``; for ``"all"`` and every split;
 * per label source, per split: pixel counts and fractions of every class (nodata excluded) and
   the number of tiles in which each class occurs;
-* per sensor: histograms of the per-plane valid fraction and cloud fraction (10 bins on [0, 1])
-  over the time planes that hold an observation, for ``"all"`` and every split.
+* per sensor: histograms of the per-plane valid fraction (VALID pixels / all pixels) and cloud
+  fraction (CLOUD pixels / pixels without NODATA), 10 bins on [0, 1], over the time planes that
+  hold an observation (not all NODATA), for ``"all"`` and every split.
 
 Method: one tile at a time (memory is one tile plus fixed-size accumulators). Mean and std use
 per-tile moments merged with Chan et al.'s parallel update in float64 (exact up to rounding).

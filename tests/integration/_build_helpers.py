@@ -41,8 +41,9 @@ from schemas.cube import CubeLayout
 EOFORGE = str(Path(sys.executable).parent / "eoforge")
 DASK = str(Path(sys.executable).parent / "dask")
 PREFECT = str(Path(sys.executable).parent / "prefect")
-#: Directories of a cube whose file names or contents carry the run id (compared by rows).
-RUN_SPECIFIC = ("catalog", "_eoforge")
+#: Directories of a cube whose file names or contents carry the run id (compared by rows), and
+#: the dataset card (README.md: run id, size on disk). ``stats.json`` is compared byte for byte.
+RUN_SPECIFIC = ("catalog", "_eoforge", "README.md")
 TILES_PER_SHARD = 4
 PERIOD_END = "2024-08-01"  # two monthly periods: 2024-06 and 2024-07
 BUILD_TIMEOUT_S = 300.0
