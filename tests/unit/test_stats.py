@@ -217,3 +217,13 @@ def test_no_positions_give_empty_but_valid_statistics(cube: Path, tmp_path: Path
     assert stats["labels"]["corine"]["all"]["labelled_pixels"] == 0
     write_stats(tmp_path, stats)  # JSON without NaN or infinity
     assert json.loads((tmp_path / STATS_FILE).read_text())["n_positions"] == 0
+
+
+def test_a_cube_with_statistics_reopens_for_the_next_build(tmp_path: Path) -> None:
+    from pipelines.write import check_cube_layout
+
+    cube = build_cube(tmp_path / "cube.zarr", n_tiles=3, seed=9)
+    update_cube_stats(cube)
+    check_cube_layout(cube, layout())  # the stats attribute is no layout change
+    group = open_or_create_cube(cube, layout(), n_tiles_capacity=8)
+    assert ATTRS_KEY in group.attrs
