@@ -36,6 +36,7 @@ from catalog.state import CubeState, cube_state
 from catalog.writer import CatalogWriter, read_records
 from flows.card import write_dataset_card
 from flows.notify import flow_options
+from flows.runlog import run_log
 from flows.stats import update_cube_stats
 from pipelines._warp import redact_href
 from pipelines.archive.serve import serve_archive
@@ -305,7 +306,7 @@ def _run(recipe: Recipe, dask_address: str | None) -> dict[str, Any]:
     created = not cube.exists()
     try:
         # One build per cube at a time, held until the run is recorded (see pipelines.lock).
-        with cube_lock(cube, run_id):
+        with cube_lock(cube, run_id), run_log(cube, run_id):
             return _run_locked(recipe, dask_address, cube, run_id, t0)
     except BaseException:
         # A new cube that failed before its first commit (unreachable catalog, bad labels...)
@@ -484,7 +485,19 @@ def _submit_all(
             )
             for s in todo
         ]
-        return [f.result() for f in futures]
+        results = []
+        for done, future in enumerate(futures, start=1):
+            result = future.result()
+            results.append(result)
+            logger.info(
+                "shard %s done (%d/%d): %d tiles, %d scenes skipped",
+                result["shard"],
+                done,
+                len(futures),
+                result["tiles"],
+                len(result["skipped"]),
+            )
+        return results
 
 
 def run_build(

@@ -193,7 +193,8 @@ def card_text(
         out += [recipe.description.strip(), ""]
     out += [
         f"Catalog version **{version}** (build run `{run_id}`). Written by eoforge "
-        f"{__version__} at the end of the build; the next build rewrites it.",
+        f"{__version__} at the end of the build; the next build rewrites it. The run's "
+        f"log (JSON lines): [catalog/runs/{run_id}.log.jsonl](catalog/runs/{run_id}.log.jsonl).",
         "",
         "## What it holds",
         "",

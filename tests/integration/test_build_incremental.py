@@ -16,6 +16,7 @@ The oracle is the session's uninterrupted reference build (two monthly periods, 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,12 @@ def test_first_half_then_full_range_equals_one_full_build(session: BuildSession)
     assert all(rid.endswith("_2024-06") for rid in m1["added"])
     before = _chunk_files(cube)
     rows_v1 = catalog_rows(cube)
+    # The run's structured log: JSON lines, one per shard finished among them.
+    log = cube / "catalog" / "runs" / f"{first['run_id']}.log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    done = [r["message"] for r in records if r["message"].startswith("shard ")]
+    assert len(done) == len(m1["shards"]) and done[-1].startswith(f"shard {m1['shards'][-1]}")
+    assert f"{first['run_id']}.log.jsonl" in (cube / "README.md").read_text()
 
     _set_end(recipe, full_end)
     second = run_build_cli(recipe, session.env(), session.work)
