@@ -31,11 +31,12 @@ __all__ = ["CARD_FILE", "LIBRARIES", "card_text", "write_dataset_card"]
 #: Name of the card at the cube root.
 CARD_FILE = "README.md"
 
-# The card and ``stats.json`` are plain files at the cube root; Zarr's metadata consolidation
-# looks over them and warns that they are not Zarr nodes. They are eoforge's own: not news.
+# The card, ``stats.json`` and the catalog folder (which the run log opens before the cube
+# exists) are eoforge's own plain files at the cube root; Zarr warns that they are not Zarr
+# nodes when it looks over the root. Not news.
 warnings.filterwarnings(
     "ignore",
-    message=r"Object at (README\.md|stats\.json) is not recognized as a component of a Zarr",
+    message=r"Object at (README\.md|stats\.json|catalog) is not recognized as a component of a",
     category=zarr.errors.ZarrUserWarning,
 )
 #: Libraries whose versions the card records (distribution names).
