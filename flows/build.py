@@ -15,6 +15,7 @@ ephemeral Prefect API per worker unless ``PREFECT_API_URL`` points at a running 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -139,6 +140,11 @@ def build_shard_task(
 ) -> dict[str, Any]:
     """Compute, write and commit one shard; returns a small summary (no arrays)."""
     plan = BuildPlan.from_json(Path(plan_path).read_text())
+    with _disk_errors(cube):
+        return _build_shard_task(plan, cube, shard_id, run_id)
+
+
+def _build_shard_task(plan: BuildPlan, cube: str, shard_id: str, run_id: str) -> dict[str, Any]:
     shard_task = plan.shard(shard_id)
     # Never through consolidated metadata: a rerun may have grown the tile axis since.
     group = zarr.open_group(cube, mode="r+", use_consolidated=False)
@@ -162,7 +168,7 @@ def build_shard_task(
     CatalogWriter(cube).commit_shard(shard_id, built.records, run_id, inputs)
     return {
         "shard": shard_id,
-        "period": period_id,
+        "period": shard_task.period_id,
         "tiles": len(built.records),
         "stacks": sum(len(v) for v in built.results.values()),
         "skipped": [
@@ -275,6 +281,25 @@ def _with_output(recipe: Recipe, output: str | None) -> Recipe:
     return recipe.model_copy(update={"output": recipe.output.model_copy(update={"path": output})})
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def _disk_errors(cube: str | Path) -> Iterator[None]:
+    """Turn a full disk (or quota) into one clear, resumable error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise InvalidInputError(
+            f"the disk of the cube is full ({exc.strerror})",
+            where=str(cube),
+            fix="free space (or raise the quota), or build to another output.path; then run the "
+            "build again: it resumes at the first uncommitted shard",
+        ) from exc
+
+
 def _check_writable(cube: Path) -> None:
     """Refuse an output path that cannot hold a cube, before anything is written."""
     if "://" in str(cube):
@@ -306,7 +331,7 @@ def _run(recipe: Recipe, dask_address: str | None) -> dict[str, Any]:
     created = not cube.exists()
     try:
         # One build per cube at a time, held until the run is recorded (see pipelines.lock).
-        with cube_lock(cube, run_id), run_log(cube, run_id):
+        with _disk_errors(cube), cube_lock(cube, run_id), run_log(cube, run_id):
             return _run_locked(recipe, dask_address, cube, run_id, t0)
     except BaseException:
         # A new cube that failed before its first commit (unreachable catalog, bad labels...)

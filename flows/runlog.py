@@ -57,8 +57,8 @@ class _JsonLinesHandler(logging.Handler):
             with self._write_lock:
                 self._stream.write(line + "\n")
                 self._stream.flush()
-        except Exception:  # a log line must never fail the build
-            self.handleError(record)
+        except Exception:  # a log line must never fail the build (nor print a traceback,
+            pass  # e.g. on a full disk, which the build itself then reports in one line)
 
 
 #: Loggers whose records go to the run log: eoforge's packages at INFO, Prefect's run loggers
