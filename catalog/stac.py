@@ -49,6 +49,7 @@ import shapely
 from catalog.writer import read_records
 from schemas.cube import LABELS_GROUP, CubeLayout, pixels_per_tile
 from schemas.errors import InvalidInputError, NotFoundError
+from schemas.licences import label_terms, sensor_terms
 from schemas.tile import SensorObservation, TileRecord
 
 __all__ = [
@@ -615,7 +616,11 @@ def cube_stac(
     layout = read_cube_layout(path)
     href = cube_href if cube_href is not None else path.resolve().as_uri()
     cid = collection_id or _default_collection_id(path)
-    records = [TileRecord.from_arrow_row(r) for r in read_records(path).to_pylist()]
+    latest: dict[str, TileRecord] = {}
+    for row in read_records(path).to_pylist():  # sorted by position: a rebuilt row wins
+        record = TileRecord.from_arrow_row(row)
+        latest[record.id] = record
+    records = sorted(latest.values(), key=lambda r: r.cube_position)
     links = source_links_from_plans(path, catalog_urls=catalog_urls)
     reference = reference_sensor_from_plans(path)
     items = [
@@ -638,7 +643,62 @@ def cube_stac(
         cube_href=href,
         reference_sensor=reference,
     )
+    _add_card_facts(collection, path, layout, records, href)
     return CubeStac(collection=collection, items=items)
+
+
+def _add_card_facts(
+    collection: dict[str, Any],
+    cube: Path,
+    layout: CubeLayout,
+    records: Sequence[TileRecord],
+    cube_href: str,
+) -> None:
+    """The dataset card's facts on the Collection: source items, terms, statistics, card.
+
+    ``eoforge:source_items`` counts distinct source item ids per sensor (as the card does),
+    ``eoforge:attribution`` holds the licence terms of each sensor and label source
+    (:mod:`schemas.licences`), ``eoforge:statistics`` the per-band mean and std of the build
+    (root attribute ``eoforge_stats``), and the card and ``stats.json`` are assets.
+    """
+    items: dict[str, set[str]] = {}
+    for r in records:
+        for obs in r.sensors:
+            items.setdefault(obs.sensor, set()).update(obs.item_ids)
+    collection["eoforge:source_items"] = {k: len(v) for k, v in sorted(items.items())}
+    kinds: dict[str, str] = {}
+    for plan in _plans(cube):  # the newest plan names each label source's kind
+        kinds.update({str(d.get("name")): str(d.get("kind")) for d in plan.get("labels", ())})
+    attribution = {s.name: sensor_terms(s.name) for s in layout.sensors}
+    for lab in layout.labels:
+        attribution[f"labels/{lab.source}"] = label_terms(kinds.get(lab.source, lab.source))
+    collection["eoforge:attribution"] = attribution
+    try:
+        attrs = json.loads((cube / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
+    except (OSError, ValueError):
+        attrs = {}
+    stats = attrs.get("eoforge_stats") or {}
+    if stats.get("sensors"):
+        collection["eoforge:statistics"] = {
+            name: {
+                band: {"mean": mean, "std": std}
+                for band, mean, std in zip(s["bands"], s["mean"], s["std"], strict=False)
+            }
+            for name, s in stats["sensors"].items()
+        }
+    assets = collection.setdefault("assets", {})
+    base = cube_href.rstrip("/")
+    for key, name, media, title in (
+        ("card", "README.md", "text/markdown", "Dataset card"),
+        ("statistics", "stats.json", "application/json", "Statistics over valid pixels"),
+    ):
+        if (cube / name).is_file():
+            assets[key] = {
+                "href": f"{base}/{name}",
+                "type": media,
+                "roles": ["metadata"],
+                "title": title,
+            }
 
 
 def _replace_atomically(target: Path, write: Any) -> Path:

@@ -24,6 +24,7 @@ from catalog.writer import read_records
 from pipelines._warp import redact_href
 from schemas import __version__
 from schemas.cube import CubeLayout
+from schemas.licences import label_terms, sensor_terms
 from schemas.recipe import Recipe
 
 __all__ = ["CARD_FILE", "LIBRARIES", "card_text", "write_dataset_card"]
@@ -51,31 +52,6 @@ LIBRARIES: tuple[str, ...] = (
 )
 #: Most band rows per sensor in the statistics table (the rest are in ``stats.json``).
 MAX_BAND_ROWS = 24
-
-_SENSOR_TERMS = {
-    "sentinel": "Contains modified Copernicus Sentinel data, used under the Legal Notice on the "
-    "use of Copernicus Sentinel Data and Service Information (free, full and open access; "
-    "attribute as 'Contains modified Copernicus Sentinel data [year]').",
-    "landsat": "Landsat data courtesy of the U.S. Geological Survey (USGS); USGS Landsat data "
-    "are in the public domain (credit: 'Landsat data courtesy of the U.S. Geological Survey').",
-    "enmap": "EnMAP data © DLR [year], all rights reserved; use is governed by the EnMAP data "
-    "license terms of the German Aerospace Center (DLR).",
-}
-_LABEL_TERMS = {
-    "corine": "© European Union, Copernicus Land Monitoring Service [year], European "
-    "Environment Agency (EEA) (CORINE Land Cover; free, full and open access with attribution).",
-    "osm": "© OpenStreetMap contributors; data available under the Open Database License "
-    "(ODbL 1.0): attribute it and share derived databases alike.",
-    "vector": "A user-supplied vector file: its licence is not known to eoforge; check it "
-    "before sharing this dataset.",
-}
-
-
-def _sensor_terms(name: str) -> str:
-    for prefix, text in _SENSOR_TERMS.items():
-        if name.startswith(prefix):
-            return text
-    return "Licence not known to eoforge: check the provider's terms."
 
 
 def library_versions() -> dict[str, str]:
@@ -247,10 +223,10 @@ def card_text(
     out += ["", "## Licences and attribution", ""]
     sensor_names = [s.name for s in layout.sensors]
     for name in sensor_names:
-        out.append(f"- {name}: {_sensor_terms(name)}")
+        out.append(f"- {name}: {sensor_terms(name)}")
     for lab in layout.labels:
         kind = kinds.get(lab.source, lab.source)
-        out.append(f"- labels/{lab.source}: {_LABEL_TERMS.get(kind, _LABEL_TERMS['vector'])}")
+        out.append(f"- labels/{lab.source}: {label_terms(kind)}")
     if any(cfg.catalog.startswith("archive:") for cfg in recipe.sensors):
         out.append(
             "- Built from eoforge's offline archive (synthetic scenes and labels that mimic the "

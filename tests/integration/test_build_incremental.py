@@ -38,6 +38,7 @@ from _build_helpers import (
 )
 
 from catalog import open_catalog
+from catalog.stac import cube_stac
 from pipelines.lock import LOCK_WAIT_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -119,6 +120,25 @@ def test_first_half_then_full_range_equals_one_full_build(session: BuildSession)
     v1 = open_catalog(cube, version=1).search().to_arrow()
     assert sorted(v1.column("id").to_pylist()) == sorted(r["id"] for r in rows_v1)
     assert open_catalog(cube).search().to_arrow().num_rows == 2 * N_TILES
+
+    # The STAC Collection carries the dataset card's facts; one Item per current row.
+    stac = cube_stac(cube)
+    assert len({i["id"] for i in stac.items}) == len(stac.items) == 2 * N_TILES
+    used: dict[str, set[str]] = {}
+    for r in session.rows:
+        for obs in r["sensors"]:
+            used.setdefault(obs["sensor"], set()).update(obs["item_ids"])
+    counts = {k: len(v) for k, v in sorted(used.items())}
+    assert stac.collection["eoforge:source_items"] == counts
+    card = (cube / "README.md").read_text()
+    for sensor, n in counts.items():
+        assert f"| {sensor} | {n} |" in card
+    attribution = stac.collection["eoforge:attribution"]
+    assert "OpenStreetMap contributors" in attribution["labels/osm"]
+    assert "Copernicus Land Monitoring Service" in attribution["labels/corine"]
+    assert "Copernicus Sentinel" in attribution["sentinel-2-l2a"]
+    assert set(stac.collection["eoforge:statistics"]) == set(counts)
+    assert {"card", "statistics"} <= set(stac.collection["assets"])
 
     # A third run with nothing new writes nothing and still records a version.
     third = run_build_cli(recipe, session.env(), session.work)
