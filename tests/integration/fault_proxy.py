@@ -14,7 +14,8 @@ server and answers a chosen fraction of them with a fault instead:
 ==============  ===============================================================================
 
 Faults are drawn from a seeded RNG, so a run is reproducible up to thread scheduling. Paths that
-contain one of ``broken`` get ``404`` every time (a permanently missing file). Response bodies
+contain one of ``broken`` get ``404`` every time (a permanently missing file), and those that
+contain one of ``corrupt`` get scrambled bytes every time (a damaged file). Response bodies
 may be rewritten (``rewrite``: upstream URL -> proxy URL), so a proxied STAC API hands out
 asset hrefs that go through the data proxy too. Counts per fault are kept in :attr:`counts`.
 """
@@ -56,6 +57,8 @@ class FaultProxy:
         seed: RNG seed.
         faults: The fault kinds to draw from.
         broken: Path substrings answered with 404 every time.
+        corrupt: Path substrings whose bodies are scrambled every time (same length, status and
+            headers: a damaged file on a healthy server).
         stall_s: How long a ``stall`` waits before dropping the connection.
         slow_s: Delay of a ``slow`` response.
     """
@@ -68,6 +71,7 @@ class FaultProxy:
         seed: int = 0,
         faults: Sequence[str] = FAULTS,
         broken: Sequence[str] = (),
+        corrupt: Sequence[str] = (),
         stall_s: float = 2.0,
         slow_s: float = 0.3,
     ) -> None:
@@ -78,6 +82,7 @@ class FaultProxy:
         self.fraction = fraction
         self.faults = tuple(faults)
         self.broken = tuple(broken)
+        self.corrupt = tuple(corrupt)
         self.stall_s = stall_s
         self.slow_s = slow_s
         self.rewrite: Mapping[bytes, bytes] = {}
@@ -172,6 +177,10 @@ class FaultProxy:
                 )
                 for old, new in proxy.rewrite.items():
                     data = data.replace(old, new)
+                if any(c in self.path for c in proxy.corrupt):
+                    with proxy._lock:
+                        proxy.counts["corrupt"] += 1
+                    data = bytes(b ^ 0x5A for b in data)
                 self.send_response_only(status)
                 for k, v in headers:
                     self.send_header(k, v)

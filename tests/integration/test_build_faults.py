@@ -15,6 +15,7 @@ may meet a fault.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,7 +95,14 @@ def test_transient_faults_give_the_clean_build(
         assert all(data_proxy.counts[k] >= 1 for k in FAULTS), data_proxy.counts
 
 
-def test_a_permanently_missing_scene_is_skipped_and_reported(session: BuildSession) -> None:
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [("broken", "does not exist"), ("corrupt", "cannot be read")],
+    ids=["missing-404", "corrupt-bytes"],
+)
+def test_a_permanently_broken_scene_is_skipped_and_reported(
+    session: BuildSession, damage: str, reason: str
+) -> None:
     used_before = sorted(
         {
             i
@@ -105,14 +113,14 @@ def test_a_permanently_missing_scene_is_skipped_and_reported(session: BuildSessi
         }
     )
     victim = used_before[0]  # a scene the clean build used
-    data_proxy = FaultProxy("http://127.0.0.1:1", fraction=0.0, broken=(f"/{victim}/",))
+    data_proxy = FaultProxy("http://127.0.0.1:1", fraction=0.0, **{damage: (f"/{victim}/",)})
     stac_proxy = FaultProxy("http://127.0.0.1:1", fraction=0.0)
-    summary, cube = _build_through_proxies(session, "broken-scene", data_proxy, stac_proxy)
-    assert data_proxy.counts["404"] >= 1, data_proxy.counts
+    summary, cube = _build_through_proxies(session, f"{damage}-scene", data_proxy, stac_proxy)
+    assert data_proxy.counts["404" if damage == "broken" else "corrupt"] >= 1, data_proxy.counts
     skipped = summary["skipped_scenes"]
     assert isinstance(skipped, list) and skipped
     assert {s["item"] for s in skipped} == {victim}
-    assert all(s["sensor"] == "sentinel-2-l2a" and "does not exist" in s["reason"] for s in skipped)
+    assert all(s["sensor"] == "sentinel-2-l2a" and reason in s["reason"] for s in skipped)
     # The run record in the catalog keeps the report; the scene is in no catalog row.
     (run_file,) = (cube / "catalog" / "runs").glob("*.json")
     recorded = json.loads(run_file.read_text())["summary"]["skipped_scenes"]
@@ -120,6 +128,66 @@ def test_a_permanently_missing_scene_is_skipped_and_reported(session: BuildSessi
     rows = catalog_rows(cube)
     assert len(rows) == len(session.rows)
     used = {i for r in rows for s in r["sensors"] for i in s["item_ids"]}
+    assert victim not in used
+
+
+def _archive_copy(session: BuildSession, tmp: Path, name: str) -> tuple[Path, Path, Path]:
+    """A copy of the tiny archive, and the session's recipe reading it: archive, recipe, cube."""
+    archive = tmp / f"archive-{name}"
+    shutil.copytree(session.archive, archive)
+    recipe, cube = session.recipe(name)
+    recipe.write_text(recipe.read_text().replace(str(session.archive), str(archive)))
+    return archive, recipe, cube
+
+
+def test_items_without_projection_metadata_give_the_same_cube(
+    session: BuildSession, tmp_path: Path
+) -> None:
+    """Many catalogs leave proj:* out: eoforge then reads each COG's own georeferencing."""
+    archive, recipe, cube = _archive_copy(session, tmp_path, "no-proj")
+    removed = 0
+    for path in (archive / "stac" / "items").glob("*.ndjson"):
+        items = []
+        for line in path.read_text().splitlines():
+            item = json.loads(line)
+            for holder in (item["properties"], *item["assets"].values()):
+                for key in [k for k in holder if k.startswith("proj:")]:
+                    del holder[key]
+                    removed += 1
+            items.append(json.dumps(item))
+        path.write_text("\n".join(items) + "\n")
+    assert removed > 50
+    summary = run_build_cli(recipe, session.env(), session.work)
+    assert summary["skipped_scenes"] == []
+    assert_same_rows(catalog_rows(cube), session.rows)
+    assert_same_cube(digest_cube(cube), session.digest)
+
+
+def test_a_cog_without_crs_is_skipped_and_reported(session: BuildSession, tmp_path: Path) -> None:
+    import rasterio
+
+    archive, recipe, cube = _archive_copy(session, tmp_path, "no-crs")
+    victim = sorted(
+        {
+            i
+            for r in session.rows
+            for s in r["sensors"]
+            if s["sensor"] == "landsat-c2-l2"
+            for i in s["item_ids"]
+        }
+    )[0]
+    (tif,) = sorted((archive / "data" / "landsat-c2-l2" / victim).glob("*_SR_B4.TIF"))
+    with rasterio.open(tif) as src:
+        profile, pixels = src.profile.copy(), src.read()
+    profile.pop("crs", None)
+    tif.unlink()
+    with rasterio.open(tif, "w", **{**profile, "driver": "GTiff"}) as dst:
+        dst.write(pixels)
+    summary = run_build_cli(recipe, session.env(), session.work)
+    skipped = summary["skipped_scenes"]
+    assert skipped and {s["item"] for s in skipped} == {victim}
+    assert all("has no CRS" in s["reason"] and "Fix:" in s["reason"] for s in skipped)
+    used = {i for r in catalog_rows(cube) for s in r["sensors"] for i in s["item_ids"]}
     assert victim not in used
 
 
