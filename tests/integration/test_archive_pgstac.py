@@ -209,3 +209,35 @@ def test_cli_serve_pgstac_stops_everything_on_sigterm(archive_root: Path, tmp_pa
     assert proc.returncode == 0, errs.decode()
     assert port_is_closed(urls["stac_url"]) and port_is_closed(urls["data_url"])
     assert not workdir.exists() and not urls_file.exists()
+
+
+@pytest.mark.parametrize("backend", ["rustac", "pgstac"])
+def test_served_catalogs_are_read_only(servers: dict[str, ArchiveServer], backend: str) -> None:
+    """No STAC transaction is accepted, and the range server refuses writes."""
+    import urllib.error
+    import urllib.request
+
+    server = servers[backend]
+    collection = {
+        "type": "Collection", "id": "planted", "stac_version": "1.0.0", "description": "x",
+        "license": "other", "links": [],
+        "extent": {"spatial": {"bbox": [[0, 0, 1, 1]]}, "temporal": {"interval": [[None, None]]}},
+    }  # fmt: skip
+    attempts = [
+        ("POST", f"{server.stac_url}/collections", collection),
+        ("POST", f"{server.stac_url}/collections/sentinel-2-l2a/items", {"type": "Feature"}),
+        ("DELETE", f"{server.stac_url}/collections/sentinel-2-l2a", None),
+        ("PUT", f"{server.data_url}/data/planted.tif", {"x": 1}),
+        ("DELETE", f"{server.data_url}/data/sentinel-2-l2a", None),
+    ]
+    for method, url, body in attempts:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            url, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=10)
+        err.value.close()
+        assert err.value.code in (403, 404, 405, 501), (method, url, err.value.code)
+    with open_client(server.stac_url) as client:
+        assert "planted" not in [c.id for c in client.get_collections()]
