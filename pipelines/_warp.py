@@ -683,6 +683,21 @@ def _with_retries(
         try:
             with rasterio.Env(**env), rasterio.open(request.href) as ds:
                 return work(ds)
+        except AssetCorruptError as exc:
+            # Over HTTP a header cut short can open as a raster without its CRS or bands: the
+            # file is called damaged only if it still reads so on the last attempt.
+            if not _is_remote(request.href) or attempt + 1 >= attempts:
+                raise
+            delay = config.backoff_s * 2**attempt
+            logger.warning(
+                "%s reads as damaged (attempt %d/%d), retrying in %.2fs: %s",
+                redact_href(request.href),
+                attempt + 1,
+                attempts,
+                delay,
+                exc,
+            )
+            config.sleep(delay)
         except RasterioError as exc:
             kind, text = classify_io_error(exc)
             if (

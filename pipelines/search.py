@@ -666,10 +666,10 @@ def _translate(
     if isinstance(exc, EoforgeError) or not isinstance(exc, Exception):
         return None
     who = provider.value if provider is not Provider.GENERIC else "the"
-    if type(exc).__name__ == "ClientTypeError" or isinstance(exc, ValueError):
-        # pystac-client found no STAC Catalog at the URL (other JSON, or no JSON at all).
+    if type(exc).__name__ == "ClientTypeError":
+        # pystac-client found JSON, but no STAC Catalog, at the URL.
         return InvalidInputError(
-            f"the URL does not answer as a STAC API ({' '.join(str(exc).split())[:160]})",
+            f"the URL is not a STAC API ({' '.join(str(exc).split())[:160]})",
             where=url,
             fix="give the STAC API's landing page (root) URL, e.g. "
             "https://earth-search.aws.element84.com/v1",

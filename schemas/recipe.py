@@ -161,11 +161,13 @@ class Recipe(RecipeModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
-        problems = [*self._size_problems(), *self._sensor_problems(), *self._label_problems()]
+        problems = [*self._sensor_problems(), *self._label_problems()]
         problems.extend(
             (f"split.{field}", reason, fix)
             for field, reason, fix in self.split.grid_problems(self.grid.tile_size)
         )
+        if not problems:  # the size guard only once the grid itself is valid
+            problems.extend(self._size_problems())
         if problems:
             path, reason, fix = problems[0]
             raise PydanticCustomError(

@@ -250,7 +250,7 @@ def _other_recipe_cube(session: BuildSession, tmp: Path, data: dict[str, Any]) -
 
 BUILD_CASES = {
     "unreachable-stac": BuildCase(_unreachable, ["could not reach the STAC API", "Fix:"]),
-    "non-stac-json": BuildCase(_not_stac, ["does not answer as a STAC API", "Fix:"]),
+    "non-stac-json": BuildCase(_not_stac, ["is not a STAC API", "Fix:"]),
     "unwritable-output": BuildCase(_unwritable_output, ["is a file, not a folder", "Fix:"]),
     "vector-without-class": BuildCase(_vector_without_class, ["Code_18", "Fix:"]),
     "vector-without-crs": BuildCase(_vector_without_crs, ["CRS", "Fix:"]),

@@ -19,7 +19,7 @@ def test_records_become_json_lines_and_stop_after_the_block(tmp_path: Path) -> N
             raise ValueError("bad value")
         except ValueError:
             log.warning("it failed", exc_info=True)
-        logging.getLogger("prefect.flow_runs").warning("flow says hi")
+        logging.getLogger("distributed.unit_test").warning("flow says hi")
     log.info("after the block")
     assert path == run_log_path(cube, "20260101T000000Z-abcdef")
     lines = [json.loads(line) for line in path.read_text().splitlines()]

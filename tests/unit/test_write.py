@@ -230,7 +230,7 @@ def test_reopening_checks_the_layout(tmp_path: Path) -> None:
     longer = SensorLayout(**{**{f: getattr(S2, f) for f in S2.__slots__}, "n_time": 3})
     with pytest.raises(ConflictError, match=r"sensors\[0\]\.n_time = 2, the recipe asks for 3"):
         open_or_create_cube(path, _layout(sensors=(longer, LANDSAT)))
-    with pytest.raises(ConflictError, match=r"tiles_per_shard = 2.*asks for 4.*new cube path"):
+    with pytest.raises(ConflictError, match=r"tiles_per_shard = 2.*asks for 4.*build a new cube"):
         open_or_create_cube(path, _layout(tiles_per_shard=4))
 
 
