@@ -804,8 +804,8 @@ class RasterioBackend:
         backoff_s: First retry delay in seconds (doubles each retry).
     """
 
-    retries: int = 2
-    backoff_s: float = 0.5
+    retries: int = 5
+    backoff_s: float = 0.2
 
     def warp(
         self, requests: Sequence[WarpRequest], grid: TargetGrid, *, gdal_env: Mapping[str, str]
@@ -888,8 +888,8 @@ class StackstacBackend:
         max_threads: Threads of the local scheduler.
     """
 
-    retries: int = 2
-    backoff_s: float = 0.5
+    retries: int = 5
+    backoff_s: float = 0.2
     max_threads: int = 4
 
     def warp(
