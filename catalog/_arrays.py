@@ -111,6 +111,10 @@ class ArrayReader(Protocol):
         """Shape of the array at ``path``."""
         ...
 
+    def dtype(self, path: str) -> np.dtype[Any]:
+        """Storage dtype of the array at ``path``."""
+        ...
+
     def read(
         self, path: str, position: int, out: npt.NDArray[Any] | None = None
     ) -> npt.NDArray[Any]:
@@ -178,6 +182,10 @@ class ZarrArrayReader:
     def shape(self, path: str) -> tuple[int, ...]:
         """Shape of the array at ``path``."""
         return tuple(int(n) for n in self._array(path).shape)
+
+    def dtype(self, path: str) -> np.dtype[Any]:
+        """Storage dtype of the array at ``path``."""
+        return np.dtype(self._array(path).dtype)
 
     def read(
         self, path: str, position: int, out: npt.NDArray[Any] | None = None

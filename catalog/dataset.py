@@ -85,6 +85,7 @@ from catalog._arrays import (
     read_remote_bytes,
     write_remote_bytes,
 )
+from catalog._ring import BatchRing, LeasedBatch, ring_supported
 from catalog.query import SearchResult, TileCatalog, open_catalog
 from schemas.cube import (
     TILES_GROUP,
@@ -494,6 +495,16 @@ class TileDataset(Dataset[Sample]):
             folder or an open :class:`~catalog.query.TileCatalog`.
         storage_options: fsspec options for a URL (``endpoint_url``, ``key``, ``secret``...).
         stats_tiles: Most tiles :func:`cube_stats` samples when it computes statistics.
+        physical: ``True``: sensor values as float32 physical values, labels int64 and
+            multi-labels float32 (module docstring). ``False``: every array as stored (sensor
+            values in the storage dtype with the fill as stored, labels and multi-labels
+            uint8, 255 = unknown), half or less of the bytes to decode, move and copy; call
+            :meth:`to_physical` on the batch, after moving it to the accelerator, to get the
+            ``True`` values exactly. Not with ``resize``.
+        batch_buffers: Batch buffers each DataLoader worker reuses (:mod:`catalog._ring`):
+            batches are decoded into one of them and reach the main process without a copy, a
+            new shared-memory segment or page faults. The worker falls back to a new segment
+            when all are held by the training loop. ``0``: a new segment per batch.
 
     Raises:
         InvalidInputError: An unknown sensor, label source, band or time plane, a bad query,
@@ -520,6 +531,8 @@ class TileDataset(Dataset[Sample]):
         catalog: str | Path | TileCatalog | None = None,
         storage_options: Mapping[str, Any] | None = None,
         stats_tiles: int = DEFAULT_STATS_TILES,
+        physical: bool = True,
+        batch_buffers: int = 4,
     ) -> None:
         self.cube_uri = _cube_uri(cube)
         self.storage_options = dict(storage_options or {})
@@ -580,6 +593,29 @@ class TileDataset(Dataset[Sample]):
                 f"resize_mode {resize_mode!r} is not known", where="resize_mode", fix=f"use {modes}"
             )
         self.resize = _size(resize)
+        if self.resize is not None and not physical:
+            raise InvalidInputError(
+                "resize needs physical values",
+                where="resize",
+                fix="drop resize, or keep physical=True",
+            )
+        if batch_buffers < 0:
+            raise InvalidInputError(
+                f"batch_buffers must be >= 0, got {batch_buffers}", where="batch_buffers"
+            )
+        self.physical = bool(physical)
+        self.batch_buffers = int(batch_buffers)
+        self._consts = {
+            s: (
+                layout.sensor(s).scale_factor,
+                layout.sensor(s).add_offset,
+                layout.sensor(s).nodata,
+            )
+            for s in self.sensors
+        }
+        self._n_classes = {
+            lab.source: len(lab.class_names) for lab in layout.labels if lab.source in self.labels
+        }
         self.resize_mode = resize_mode
         self.fill_value = float(fill_value)
         self.metadata = metadata
@@ -587,6 +623,7 @@ class TileDataset(Dataset[Sample]):
         self._layout: CubeLayout | None = None
         self._reader: ArrayReader | None = None
         self._scratch: dict[str, npt.NDArray[Any]] = {}
+        self._ring: BatchRing | None = None
 
     # --- pickling and lazy state ------------------------------------------------------------
 
@@ -595,11 +632,13 @@ class TileDataset(Dataset[Sample]):
         state["_layout"] = None  # rebuilt from the root attributes in the worker
         state["_reader"] = None  # opened lazily in the worker
         state["_scratch"] = {}  # per-process read buffers of __getitems__
+        state["_ring"] = None  # per-process batch buffers of __getitems__
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_scratch", {})
+        self.__dict__.setdefault("_ring", None)
 
     def _open(self) -> tuple[ArrayReader, CubeLayout]:
         if self._reader is None:
@@ -628,6 +667,64 @@ class TileDataset(Dataset[Sample]):
             f"labels={list(self.labels)})"
         )
 
+    def to_physical(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``physical=True`` values of a ``physical=False`` sample or batch, on its device.
+
+        Meant to run on the accelerator after ``batch`` has been moved there: the DataLoader
+        then carries the stored integers (half the bytes of float32 for int16 reflectance) and
+        the float conversion costs the CPU workers nothing. The arithmetic is the CPU path's,
+        in the same order and precision (float32 ``stored * scale_factor + add_offset``, then
+        ``(x - mean) / std`` when normalising, the fill -> ``fill_value``), so the result
+        equals a ``physical=True`` dataset's exactly on the CPU.
+
+        Args:
+            batch: A sample or batch of this dataset with ``physical=False`` (tensors on any
+                device; other keys are passed through).
+
+        Returns:
+            A new dict: ``<sensor>`` float32 ``(..., T, B, H, W)``, ``label_<source>`` int64,
+            ``multilabel_<source>`` float32 (NaN for every class of an unlabelled tile), the
+            rest unchanged.
+
+        Raises:
+            InvalidInputError: The dataset already gives physical values.
+        """
+        if self.physical:
+            raise InvalidInputError(
+                "to_physical is for datasets created with physical=False",
+                where="to_physical",
+                fix="drop the call (this dataset's samples are physical already)",
+            )
+        out = dict(batch)
+        for name in self.sensors:
+            raw = batch[name]
+            scale, offset, nodata = self._consts[name]
+            if isinstance(nodata, float) and math.isnan(nodata):
+                fill = ~torch.isfinite(raw)
+            else:
+                fill = raw == nodata
+            values = raw.to(torch.float32)
+            if scale is not None:
+                values = values.mul_(torch.tensor(scale, dtype=torch.float32))
+            if offset is not None:
+                values = values.add_(torch.tensor(offset, dtype=torch.float32))
+            norm = self._norm.get(name)
+            if norm is not None:
+                mean = torch.tensor(norm[0], dtype=torch.float32, device=values.device)
+                std = torch.tensor(norm[1], dtype=torch.float32, device=values.device)
+                values = values.sub_(mean[:, None, None]).div_(std[:, None, None])
+            out[name] = values.masked_fill_(fill, self.fill_value)
+        for source in self.labels:
+            out[f"label_{source}"] = batch[f"label_{source}"].to(torch.int64)
+            multi = batch[f"multilabel_{source}"]
+            values = multi.to(torch.float32)
+            if multi.shape[-1] != self._n_classes[source]:
+                values = values.fill_(math.nan)
+            else:
+                values = values.masked_fill_((multi == 255).any(dim=-1, keepdim=True), math.nan)
+            out[f"multilabel_{source}"] = values
+        return out
+
     def __getitem__(self, index: int) -> Sample:
         n = len(self)
         i = int(index)
@@ -644,9 +741,14 @@ class TileDataset(Dataset[Sample]):
             self._read_sensor(reader, layout.sensor(name), position, sample)
         for source in self.labels:
             lab = next(lab for lab in layout.labels if lab.source == source)
-            raster = reader.read(label_path(source), position).astype(np.int64)
-            sample[f"label_{source}"] = self._resize_nearest(torch.from_numpy(raster))
+            raster = reader.read(label_path(source), position)
             multi = reader.read(multilabel_path(source), position)
+            if not self.physical:
+                sample[f"label_{source}"] = torch.from_numpy(np.ascontiguousarray(raster))
+                sample[f"multilabel_{source}"] = torch.from_numpy(np.ascontiguousarray(multi))
+                continue
+            raster = raster.astype(np.int64)
+            sample[f"label_{source}"] = self._resize_nearest(torch.from_numpy(raster))
             values = multi.astype(np.float32)
             if (multi == 255).any() or len(lab.class_names) != multi.size:
                 values[:] = np.nan
@@ -683,7 +785,7 @@ class TileDataset(Dataset[Sample]):
         reader, layout = self._open()
         positions = [int(p) for p in self._positions[rows]]
         plan = self._batch_plan(reader, layout, positions[0])
-        batch = _alloc_batch(plan, len(rows))
+        batch, lease = self._alloc_batch(plan, len(rows))
         batch["index"].numpy()[:] = rows
         batch["position"].numpy()[:] = positions
         for name in self.sensors:
@@ -691,6 +793,10 @@ class TileDataset(Dataset[Sample]):
         for source in self.labels:
             lab = next(lab for lab in layout.labels if lab.source == source)
             self._read_rows(reader, label_path(source), positions, batch[f"label_{source}"].numpy())
+            if not self.physical:
+                multi_out = batch[f"multilabel_{source}"].numpy()
+                self._read_rows(reader, multilabel_path(source), positions, multi_out)
+                continue
             multi = self._raw_rows(reader, multilabel_path(source), positions)
             values = batch[f"multilabel_{source}"].numpy()
             np.copyto(values, multi, casting="unsafe")
@@ -715,7 +821,19 @@ class TileDataset(Dataset[Sample]):
         if self.metadata:
             order[order.index("epsg") : order.index("epsg")] = ["tile_id", "period", "id"]
         batch = {key: batch[key] for key in order}
-        return [BatchedSample(batch, row) for row in range(len(rows))]
+        return [BatchedSample(batch, row, lease) for row in range(len(rows))]
+
+    def _alloc_batch(
+        self, plan: Sequence[tuple[str, tuple[int, ...], torch.dtype]], n: int
+    ) -> tuple[dict[str, Any], Lease]:
+        """The batch's tensors (:func:`_alloc_batch`), in this worker's ring when it has one."""
+        ring = None
+        if self.batch_buffers > 0 and get_worker_info() is not None and ring_supported():
+            ring = self._ring
+            if ring is None or ring.pid != os.getpid():
+                # Sized for this batch; a larger batch later falls back to a new segment.
+                ring = self._ring = BatchRing(self.batch_buffers, _batch_nbytes(plan, n))
+        return _alloc_batch(plan, n, ring)
 
     def _batch_plan(
         self, reader: ArrayReader, layout: CubeLayout, position: int
@@ -731,19 +849,24 @@ class TileDataset(Dataset[Sample]):
             bands = self._bands.get(name)
             t = len(planes) if planes is not None else t
             b = len(bands) if bands is not None else b
+            dtype = torch.float32 if self.physical else _torch_dtype(reader.dtype(data_path(name)))
             plan += [
-                (name, (t, b, h, w), torch.float32),
+                (name, (t, b, h, w), dtype),
                 (f"{name}_mask", (t, h, w), torch.uint8),
                 (f"{name}_time", (t,), torch.int64),
             ]
         for source in self.labels:
+            label_t, multi_t = (
+                (torch.int64, torch.float32)
+                if self.physical
+                else (
+                    _torch_dtype(reader.dtype(label_path(source))),
+                    _torch_dtype(reader.dtype(multilabel_path(source))),
+                )
+            )
             plan += [
-                (f"label_{source}", tuple(reader.shape(label_path(source))[1:]), torch.int64),
-                (
-                    f"multilabel_{source}",
-                    tuple(reader.shape(multilabel_path(source))[1:]),
-                    torch.float32,
-                ),
+                (f"label_{source}", tuple(reader.shape(label_path(source))[1:]), label_t),
+                (f"multilabel_{source}", tuple(reader.shape(multilabel_path(source))[1:]), multi_t),
             ]
         if self.metadata:
             plan += [
@@ -787,7 +910,11 @@ class TileDataset(Dataset[Sample]):
         name = sensor.name
         planes = self._planes.get(name)
         bands = self._bands.get(name)
-        raw = self._raw_rows(reader, data_path(name), positions)  # (N, T, B, H, W)
+        values = batch[name].numpy()
+        as_stored = not self.physical and planes is None and bands is None
+        if as_stored:  # decoded straight into the batch
+            self._read_rows(reader, data_path(name), positions, values)
+        raw = None if as_stored else self._raw_rows(reader, data_path(name), positions)
         mask_out = batch[f"{name}_mask"].numpy()
         time_out = batch[f"{name}_time"].numpy()
         if planes is None:
@@ -795,15 +922,19 @@ class TileDataset(Dataset[Sample]):
             self._read_rows(reader, datetime_path(name), positions, time_out)
         else:
             sel = list(planes)
-            raw = raw[:, sel]
+            raw = None if raw is None else raw[:, sel]
             mask = self._raw_rows(reader, mask_path(name), positions)
             np.copyto(mask_out, mask[:, sel], casting="unsafe")
             times = self._raw_rows(reader, datetime_path(name), positions)
             np.copyto(time_out, times[:, sel].astype(np.int64), casting="unsafe")
+        if raw is None:
+            return
         if bands is not None:
             raw = raw[:, :, list(bands)]
+        if not self.physical:
+            np.copyto(values, raw)
+            return
         fill = _fill_of(raw, sensor)
-        values = batch[name].numpy()
         # Same float32 arithmetic as _physical, fused where the cast to float32 is exact in the
         # ufunc (raw dtypes whose product with float32 is float32: int8/16, uint8/16, float32).
         if sensor.scale_factor is not None and np.result_type(raw.dtype, np.float32) == np.float32:
@@ -837,6 +968,11 @@ class TileDataset(Dataset[Sample]):
         bands = self._bands.get(name)
         if bands is not None:
             raw = raw[:, list(bands)]
+        if not self.physical:
+            sample[name] = torch.from_numpy(np.ascontiguousarray(raw))
+            sample[f"{name}_mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))
+            sample[f"{name}_time"] = torch.from_numpy(np.ascontiguousarray(times))
+            return
         fill = _fill_of(raw, sensor)
         values = _physical(raw, sensor)
         norm = self._norm.get(name)
@@ -889,32 +1025,55 @@ class TileDataset(Dataset[Sample]):
 _ALIGN = 64
 
 
-def _alloc_batch(
-    plan: Sequence[tuple[str, tuple[int, ...], torch.dtype]], n: int
-) -> dict[str, Any]:
-    """One ``(n, *shape)`` tensor per key, all views of a single buffer.
+def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
+    """The torch dtype of a numeric numpy dtype (native byte order)."""
+    return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype).newbyteorder("="))).dtype
 
-    In a DataLoader worker the buffer is in shared memory: one segment per batch for the
-    DataLoader to hand to the main process.
-    """
-    offsets: list[int] = []
+
+#: A batch's slot in a worker's ring: (ring, slot, uint8 tensor over the slot); None otherwise.
+Lease = tuple[BatchRing, int, torch.Tensor] | None
+
+
+def _batch_nbytes(plan: Sequence[tuple[str, tuple[int, ...], torch.dtype]], n: int) -> int:
     total = 0
     for _, shape, dtype in plan:
-        offsets.append(total)
-        nbytes = n * math.prod(shape) * dtype.itemsize
-        total += -(-nbytes // _ALIGN) * _ALIGN
-    total = max(total, 1)
-    if get_worker_info() is not None:
+        total += -(-(n * math.prod(shape) * dtype.itemsize) // _ALIGN) * _ALIGN
+    return max(total, 1)
+
+
+def _alloc_batch(
+    plan: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
+    n: int,
+    ring: BatchRing | None = None,
+) -> tuple[dict[str, Any], Lease]:
+    """One ``(n, *shape)`` tensor per key, all views of a single buffer; and its lease.
+
+    In a DataLoader worker the buffer is a free slot of ``ring`` when there is one (its lease
+    is returned), else a new shared-memory segment for the DataLoader to hand to the main
+    process; in the main process, ordinary memory.
+    """
+    total = _batch_nbytes(plan, n)
+    lease: Lease = None
+    slot = ring.acquire(total) if ring is not None else None
+    if slot is not None:
+        buffer = slot[1]
+        lease = (ring, slot[0], buffer)  # type: ignore[assignment]
+    elif get_worker_info() is not None:
         buffer = torch.empty(0, dtype=torch.uint8).set_(
             torch.UntypedStorage._new_shared(total)  # type: ignore[no-untyped-call]
         )
     else:
         buffer = torch.empty(total, dtype=torch.uint8)
+    offsets: list[int] = []
+    start = 0
+    for _, shape, dtype in plan:
+        offsets.append(start)
+        start += -(-(n * math.prod(shape) * dtype.itemsize) // _ALIGN) * _ALIGN
     batch: dict[str, Any] = {}
     for (key, shape, dtype), start in zip(plan, offsets, strict=True):
         nbytes = n * math.prod(shape) * dtype.itemsize
         batch[key] = buffer[start : start + nbytes].view(dtype).view(n, *shape)
-    return batch
+    return batch, lease
 
 
 class BatchedSample(dict[str, Any]):
@@ -925,12 +1084,13 @@ class BatchedSample(dict[str, Any]):
     It pickles as a plain ``dict``.
     """
 
-    __slots__ = ("batch", "row")
+    __slots__ = ("batch", "lease", "row")
 
-    def __init__(self, batch: dict[str, Any], row: int) -> None:
+    def __init__(self, batch: dict[str, Any], row: int, lease: Lease = None) -> None:
         super().__init__({key: value[row] for key, value in batch.items()})
         self.batch = batch
         self.row = row
+        self.lease = lease
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (dict, (dict(self),))
@@ -945,6 +1105,9 @@ def _collate_batched(
         isinstance(s, BatchedSample) and s.batch is whole and s.row == r
         for r, s in enumerate(batch)
     ) and len(batch) == len(whole["index"]):
+        if first.lease is not None:
+            ring, slot, buffer = first.lease
+            return LeasedBatch(dict(whole), ring, slot, buffer)
         return dict(whole)
     return collate([dict(s) for s in batch], collate_fn_map=collate_fn_map)
 

@@ -426,3 +426,94 @@ def test_getitems_batch_equals_getitem(cube: Path, options: dict[str, Any]) -> N
     assert ds.__getitems__([]) == []
     with pytest.raises(IndexError):
         ds.__getitems__([0, N_TILES])
+
+
+# --- stored values + to_physical; worker batch buffers (catalog._ring) ---------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"normalize": "cube", "fill_value": 0.0},
+        {"time": {S2: [1]}, "bands": {S2: [2, 0]}, "metadata": False},
+    ],
+)
+def test_stored_values_then_to_physical_equal_the_physical_dataset(
+    cube: Path, options: dict[str, Any]
+) -> None:
+    from torch.utils.data import default_collate
+
+    physical = TileDataset(cube, **options)
+    stored = TileDataset(cube, physical=False, **options)
+    raw = stored[4]
+    assert raw[S2].dtype == torch.int16 and raw["label_corine"].dtype == torch.uint8
+    assert raw["multilabel_corine"].dtype == torch.uint8
+    expected = expected_sample(cube, 4)
+    planes = options.get("time", {}).get(S2, [0, 1])
+    bands = options.get("bands", {}).get(S2, [0, 1, 2])
+    want = expected[f"{S2}/data"][planes][:, bands]
+    assert np.array_equal(raw[S2].numpy(), want)  # exactly the stored integers
+    for i in range(N_TILES):
+        _same(stored.to_physical(stored[i]), physical[i])
+    indices = [5, 0, 3, 3]
+    batch = default_collate(stored.__getitems__(indices))
+    _same(stored.to_physical(batch), default_collate([physical[i] for i in indices]))
+    with pytest.raises(InvalidInputError, match="physical=False"):
+        physical.to_physical(physical[0])
+    with pytest.raises(InvalidInputError, match="resize"):
+        TileDataset(cube, physical=False, resize=8)
+
+
+@pytest.mark.parametrize(("start_method", "physical"), [("fork", False), ("spawn", True)])
+def test_worker_batch_buffers_are_never_overwritten_while_held(
+    cube: Path, start_method: str, physical: bool
+) -> None:
+    """Every batch of three epochs is kept (no copy) until the end, then compared.
+
+    With 2 buffers per worker the workers run out of free buffers and must fall back to new
+    shared memory rather than reuse a buffer the training loop still holds; batches dropped
+    at once are reused (``catalog._ring``).
+    """
+    from catalog import _ring
+
+    ds = TileDataset(cube, physical=physical, batch_buffers=2)
+    loader = DataLoader(
+        ds, batch_size=3, num_workers=2, multiprocessing_context=start_method, shuffle=True
+    )
+    held = [batch for _ in range(3) for batch in loader]
+    assert _ring.ring_supported() and _ring._MAPS  # batches came through worker buffers
+    reference = {i: ds[i] for i in range(len(ds))}
+    for batch in held:
+        for row, i in enumerate(batch["index"].tolist()):
+            _same({k: v[row] for k, v in batch.items()}, reference[i])
+    del held
+    seen = 0
+    for _ in range(3):  # batches dropped right away: buffers are released and reused
+        for batch in loader:
+            for row, i in enumerate(batch["index"].tolist()):
+                _same({k: v[row] for k, v in batch.items()}, reference[i])
+            seen += len(batch["index"])
+    assert seen == 3 * len(ds)
+
+
+def test_batch_ring_slot_is_released_when_the_last_view_dies() -> None:
+    from catalog._ring import BatchRing, LeasedBatch
+
+    ring = BatchRing(2, 1000)
+    slot, buffer = ring.acquire(64)  # type: ignore[misc]
+    values = buffer[:32].view(torch.int32).view(2, 4)
+    values.copy_(torch.arange(8, dtype=torch.int32).view(2, 4))
+    sent = pickle.dumps(LeasedBatch({"x": values, "name": ["a", "b"]}, ring, slot, buffer))
+    del values, buffer
+    got = pickle.loads(sent)  # what the main process rebuilds: views of the worker's buffer
+    assert got["name"] == ["a", "b"] and got["x"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert ring.held() == 1
+    other = ring.acquire(64)
+    assert other is not None and other[0] != slot and ring.acquire(64) is None
+    keep = got["x"][1].numpy()  # a view of a view still holds the slot
+    del got, other
+    assert ring.held() == 1 and ring.acquire(64) is not None
+    del keep
+    assert ring.held() == 0
+    assert ring.acquire(10_000) is None  # larger than a slot: the caller falls back
