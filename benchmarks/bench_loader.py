@@ -154,24 +154,50 @@ class SlabBatchDataset(SlabDataset):
     """``SlabDataset`` with ``__getitems__``: a batch decoded straight into one shared tensor.
 
     The DataLoader calls ``__getitems__`` with the batch's indexes; each slab is decoded into
-    its row of a shared-memory ``(batch, ...)`` tensor, so there is no per-sample allocation and
-    no stacking copy (use with ``collate_fn=_as_batch``).
+    its row of a ``(batch, ...)`` tensor, so there is no per-sample allocation and no stacking
+    copy (use with ``collate_fn=_identity``). With ``slots`` > 0 the tensor is a reused slot of
+    the worker's :class:`catalog._ring.BatchRing` (as in ``TileDataset``), else a new
+    shared-memory segment per batch.
     """
+
+    def __init__(
+        self, reader: Any, path: str, positions: npt.NDArray[np.int64], slots: int = 0
+    ) -> None:
+        super().__init__(reader, path, positions)
+        self.slots = slots
+        self._ring: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_ring": None}
 
     def __getitems__(self, indexes: list[int]) -> Any:
         import torch
+        from torch.utils.data import get_worker_info
+
+        from catalog._ring import BatchRing, LeasedBatch
 
         reader: ArrayReader = self.reader.reader
         shape = (len(indexes), *reader.shape(self.path)[1:])
         dtype = getattr(torch, str(reader.dtype(self.path)))
-        batch = torch.empty(shape, dtype=dtype).share_memory_()  # type: ignore[no-untyped-call]
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        lease = None
+        if self.slots and get_worker_info() is not None:
+            if self._ring is None:
+                self._ring = BatchRing(self.slots, nbytes)
+            lease = self._ring.acquire(nbytes)
+        if lease is None:
+            batch = torch.empty(shape, dtype=dtype).share_memory_()  # type: ignore[no-untyped-call]
+        else:
+            batch = lease[1].view(dtype).view(shape)
         rows = batch.numpy()
         for row, i in enumerate(indexes):
             reader.read(self.path, int(self.positions[i]), out=rows[row])
-        return batch
+        if lease is None:
+            return batch
+        return LeasedBatch({"x": batch}, self._ring, lease[0], lease[1])
 
 
-def _as_batch(batch: Any) -> Any:
+def _identity(batch: Any) -> Any:
     return batch
 
 
@@ -194,7 +220,7 @@ def _loader(dataset: Any, context: str) -> Any:
 
     extra: dict[str, Any] = {}
     if isinstance(dataset, SlabBatchDataset):
-        extra["collate_fn"] = _as_batch
+        extra["collate_fn"] = _identity
     return DataLoader(
         dataset,
         **extra,
@@ -505,44 +531,51 @@ def _cube_cases(
                 context="spawn" if name == "tensorstore" else "fork",
             )
         )
-    results.append(
-        _loader_case(
-            tag,
-            "SlabBatchDataset[_chunks] (decode into the batch)",
-            SlabBatchDataset(ChunksReader(cube), paths[0], positions),
-            repeats,
-            epochs,
+    for slots, what in ((0, "new shared memory per batch"), (4, "4 reused worker buffers")):
+        results.append(
+            _loader_case(
+                tag,
+                f"SlabBatchDataset[_chunks] (decode into the batch, {what})",
+                SlabBatchDataset(ChunksReader(cube), paths[0], positions, slots=slots),
+                repeats,
+                epochs,
+            )
         )
-    )
     return results
 
 
 def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
-    """TileDataset on the demo cube with its reader and with ``_chunks`` patched in."""
+    """TileDataset on the demo cube: every sensor, mask, label and metadata array of a tile.
+
+    Cases: physical float32 values (the default) and stored values (``physical=False``, the
+    float conversion left to :meth:`~catalog.dataset.TileDataset.to_physical` on the
+    accelerator), both with the workers' reused batch buffers, and stored values with a new
+    shared-memory segment per batch (``batch_buffers=0``). Baseline: the ceiling over the same
+    tiles' chunks of every sharded raster array.
+    """
     try:
         import catalog.dataset as dsmod
     except ImportError as err:
         print(f"  loader: TileDataset not importable ({err}); skipped")
         return []
-    cube = str(DEMO)
-    n = len(dsmod.TileDataset(cube))
-    paths = []
-    reader = open_arrays(cube)
-    layout_attrs = reader.root_attrs()
+    from torch.utils.data import default_collate
+
     from schemas.cube import CubeLayout
 
-    layout = CubeLayout.from_root_attrs(layout_attrs)
-    for spec in layout.arrays:
-        if spec.has_tile_axis and spec.shards is not None:
-            paths.append(spec.path)
+    cube = str(DEMO)
+    reader = open_arrays(cube)
+    layout = CubeLayout.from_root_attrs(reader.root_attrs())
+    paths = [s.path for s in layout.arrays if s.has_tile_axis and s.shards is not None]
     positions = dsmod.TileDataset(cube).positions
+    n = positions.size
     ranges = _chunk_ranges(cube, paths, positions)
     ceiling = _ceiling(ranges, repeats, epochs)
     decoded = sum(r[3] for r in ranges)
+    base = "ceiling demo, all raster arrays"
     results = [
         Measurement(
             NAME,
-            "ceiling demo, all raster arrays",
+            base,
             None,
             ceiling,
             repeats,
@@ -551,29 +584,36 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
             extra={"MB_s": round(decoded * epochs / ceiling / 1e6, 1), "arrays": len(paths)},
         )
     ]
-    # The dataset's module-level reader factory, swapped for the comparison (forked workers
-    # inherit the swap).
-    original = getattr(dsmod, "open_arrays")  # noqa: B009
-    try:
-        for name, factory in (("_arrays", original), ("_chunks", open_arrays)):
-            setattr(dsmod, "open_arrays", factory)  # noqa: B010
-            m = _loader_case(
-                "demo", f"TileDataset[{name}]", dsmod.TileDataset(cube), repeats, epochs
+    cases = (
+        ("TileDataset float32 (physical)", {}),
+        ("TileDataset stored values (physical=False)", {"physical": False}),
+        (
+            "TileDataset stored values, new shared memory per batch",
+            {"physical": False, "batch_buffers": 0},
+        ),
+    )
+    for case, options in cases:
+        m = _loader_case("demo", case, dsmod.TileDataset(cube, **options), repeats, epochs)
+        results.append(
+            Measurement(
+                m.bench, m.case, base, m.median_s, m.repeats, m.unit_count, m.unit, extra=m.extra
             )
-            results.append(
-                Measurement(
-                    m.bench,
-                    m.case,
-                    "ceiling demo, all raster arrays",
-                    m.median_s,
-                    m.repeats,
-                    m.unit_count,
-                    m.unit,
-                    extra=m.extra,
-                )
-            )
-    finally:
-        setattr(dsmod, "open_arrays", original)  # noqa: B010
+        )
+    # to_physical of one stored batch in this (main) process's CPU: what the accelerator does.
+    stored = dsmod.TileDataset(cube, physical=False)
+    batch = default_collate(stored.__getitems__(list(range(min(BATCH, n)))))
+    med = time_median(lambda: stored.to_physical(batch), repeats=max(repeats, 5), warmup=1)
+    results.append(
+        Measurement(
+            NAME,
+            "to_physical demo, one batch on the CPU (1 thread of the main process)",
+            None,
+            med,
+            max(repeats, 5),
+            float(min(BATCH, n)),
+            "samples",
+        )
+    )
     return results
 
 
@@ -585,7 +625,7 @@ def run(quick: bool = False) -> list[Measurement]:
     if (DEMO / "zarr.json").exists():
         path = "sentinel-2-l2a/data"
         positions = np.arange(open_arrays(str(DEMO)).shape(path)[0], dtype=np.int64)
-        epochs = max(1, (400 if quick else 2000) // positions.size)
+        epochs = max(1, (800 if quick else 4000) // positions.size)
         results += _cube_cases("demo", str(DEMO), [path], positions, max(repeats, 3), epochs)
         results += _tile_dataset_cases(max(repeats, 2), epochs)
     else:
@@ -594,7 +634,8 @@ def run(quick: bool = False) -> list[Measurement]:
     gen = _generated_cube(n_gen)
     print(f"  loader: generated cube {gen} ready in {time.perf_counter() - t0:.1f} s")
     positions = np.arange(n_gen, dtype=np.int64)
-    results += _cube_cases("gen", str(gen), [GEN_PATH], positions, repeats, 1)
+    gen_epochs = max(1, (1500 if quick else 8000) // n_gen)
+    results += _cube_cases("gen", str(gen), [GEN_PATH], positions, repeats, gen_epochs)
     ours = next(m for m in results if m.case == "loader gen: SlabDataset[_chunks]")
     n_tg = n_gen if not quick else 256
     tifs = _geotiffs(gen, n_gen)

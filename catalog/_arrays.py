@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -127,6 +127,18 @@ class ArrayReader(Protocol):
         """
         ...
 
+    def read_rows(
+        self, path: str, positions: Sequence[int], out: npt.NDArray[Any]
+    ) -> npt.NDArray[Any]:
+        """``out[i] = array[positions[i]]`` for every ``i`` (storage dtype), returned.
+
+        Args:
+            path: Array path inside the cube.
+            positions: Indexes along the tile axis.
+            out: C-contiguous ``(len(positions), *shape(path)[1:])`` destination.
+        """
+        ...
+
 
 class ZarrArrayReader:
     """:class:`ArrayReader` over zarr-python; opened lazily, reopened after a fork."""
@@ -195,6 +207,14 @@ class ZarrArrayReader:
         if out is None:
             return value
         out[...] = value
+        return out
+
+    def read_rows(
+        self, path: str, positions: Sequence[int], out: npt.NDArray[Any]
+    ) -> npt.NDArray[Any]:
+        """``out[i] = array[positions[i]]``; see :meth:`ArrayReader.read_rows`."""
+        for row, position in enumerate(positions):
+            self.read(path, int(position), out=out[row])
         return out
 
 

@@ -805,15 +805,11 @@ class TileDataset(Dataset[Sample]):
             else:
                 values[(multi == 255).any(axis=1)] = np.nan
         if self.metadata:
-            tile_ids: list[str] = []
-            periods: list[str] = []
-            epsg = batch["epsg"].numpy()
+            tile_ids = [str(v) for v in self._raw_rows(reader, f"{TILES_GROUP}/id", positions)]
+            periods = [str(v) for v in self._raw_rows(reader, f"{TILES_GROUP}/period", positions)]
+            self._read_rows(reader, f"{TILES_GROUP}/epsg", positions, batch["epsg"].numpy())
             transform = batch["transform"].numpy()
-            for row, position in enumerate(positions):
-                tile_ids.append(str(reader.read(f"{TILES_GROUP}/id", position).item()))
-                periods.append(str(reader.read(f"{TILES_GROUP}/period", position).item()))
-                epsg[row] = int(reader.read(f"{TILES_GROUP}/epsg", position).item())
-                transform[row] = reader.read(f"{TILES_GROUP}/transform", position)
+            self._read_rows(reader, f"{TILES_GROUP}/transform", positions, transform)
             batch["tile_id"] = tile_ids
             batch["period"] = periods
             batch["id"] = [f"{t}_{p}" for t, p in zip(tile_ids, periods, strict=True)]
@@ -882,21 +878,17 @@ class TileDataset(Dataset[Sample]):
         n = len(positions)
         scratch = self._scratch.get(path)
         if scratch is None or scratch.shape[0] < n:
-            first = reader.read(path, positions[0])
-            scratch = np.empty((max(n, 1), *first.shape), dtype=first.dtype)
+            shape = tuple(reader.shape(path)[1:])
+            scratch = np.empty((max(n, 1), *shape), dtype=reader.dtype(path))
             self._scratch[path] = scratch
-        for row, position in enumerate(positions):
-            reader.read(path, position, out=scratch[row])
-        return scratch[:n]
+        return reader.read_rows(path, positions, scratch[:n])
 
     def _read_rows(
         self, reader: ArrayReader, path: str, positions: Sequence[int], out: npt.NDArray[Any]
     ) -> None:
         """``out[:] = array[positions]``: decoded straight into ``out`` when the dtypes match."""
-        scratch = self._scratch.get(path)
-        if scratch is not None and scratch.dtype == out.dtype:
-            for row, position in enumerate(positions):
-                reader.read(path, position, out=out[row])
+        if reader.dtype(path) == out.dtype and out.flags.c_contiguous:
+            reader.read_rows(path, positions, out)
             return
         np.copyto(out, self._raw_rows(reader, path, positions), casting="unsafe")
 

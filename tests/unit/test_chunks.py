@@ -144,6 +144,31 @@ def test_every_position_of_every_array_equals_zarr(cube: tuple[Path, list[str]])
             np.testing.assert_array_equal(out, expected, err_msg=f"{path}[{pos}] into out")
 
 
+def test_read_rows_equals_zarr_for_batches_in_any_order(cube: tuple[Path, list[str]]) -> None:
+    """The batch path (per-array plans, multi-tile chunks decoded once) against zarr-python."""
+    root, paths = cube
+    reader = open_arrays(str(root))
+    rng = np.random.default_rng(7)
+    batches = [
+        list(range(N_TILES)),
+        [int(p) for p in rng.permutation(N_TILES)],
+        [14, 3, 3, -1, 6, 0],  # repeats, negative, unwritten shard and empty chunks
+        [9],
+    ]
+    for path in paths:
+        want = zarr.open_array(str(root / path), mode="r")
+        for positions in batches:
+            expected = np.stack([want[p] for p in positions])
+            out = np.empty((len(positions), *want.shape[1:]), dtype=want.dtype)
+            out[...] = "7" if out.dtype.kind == "T" else 7  # a dirty buffer is overwritten
+            assert reader.read_rows(path, positions, out) is out
+            np.testing.assert_array_equal(out, expected, err_msg=f"{path}{positions}")
+    with pytest.raises(InvalidInputError, match="outside"):
+        reader.read_rows("s2/data", [0, N_TILES], np.empty((2, 2, 3, 8, 8), np.int16))
+    with pytest.raises(InvalidInputError, match="expected"):
+        reader.read_rows("s2/data", [0], np.empty((2, 2, 3, 8, 8), np.int16))
+
+
 def test_unwritten_positions_read_as_fill(cube: tuple[Path, list[str]]) -> None:
     root, _ = cube
     reader = open_arrays(str(root))
@@ -254,3 +279,19 @@ def _tile_arrays(group: zarr.Group) -> list[tuple[str, zarr.Array[Any]]]:
         if isinstance(node, zarr.Array) and node.ndim >= 1:
             found.append((name, node))
     return found
+
+
+def test_multi_tile_chunk_cache_is_bounded(
+    cube: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import catalog._chunks as chunks
+
+    root, _ = cube
+    monkeypatch.setattr(chunks, "_SMALL_CACHE_BYTES", 400)  # about two transform chunks
+    reader = open_arrays(str(root))
+    want = zarr.open_array(str(root / "tiles/transform"), mode="r")
+    out = np.empty((1, 6), dtype=np.float64)
+    for position in [0, 5, 9, 13, 1, 6, 10, 14, 2]:  # every chunk, twice, with evictions
+        reader.read_rows("tiles/transform", [position], out)
+        np.testing.assert_array_equal(out[0], want[position])
+        assert reader._small_bytes <= 400 and len(reader._small) <= 3
