@@ -14,11 +14,16 @@ Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
    zarr-python ``arr[pos]`` (baseline), tensorstore, and :mod:`catalog._chunks`.
 2. ``ceiling <cube>``: the same chunk bytes (``os.pread``) decoded with the same codec into a
    reused buffer, no framework, on 2 processes: what a loader could reach on this machine.
-3. ``loader <cube>: <dataset>[<reader>]``: ``DataLoader(num_workers=2, batch_size=16)`` over a
-   minimal map-style dataset of the slab (``SlabDataset``) with each reader, and over
-   :class:`catalog.dataset.TileDataset` on the demo cube (which reads every sensor, mask,
-   label and metadata array and converts to float32). Ratio = loader / ceiling throughput.
-   ``extra`` has MB/s (decoded bytes) and the workers' peak and growth of RSS over the epoch.
+3. ``loader <cube>: <dataset>, batch <n>``: ``DataLoader(num_workers=2, batch_size=n)`` over a
+   minimal map-style dataset of the slab (``SlabDataset``, one sample at a time) with each
+   reader; over ``SlabBatchDataset`` (``__getitems__`` decodes the batch straight into one
+   tensor: a new shared-memory segment per batch, or a reused slot of the worker's
+   :class:`catalog._ring.BatchRing`); and over :class:`catalog.dataset.TileDataset` on the
+   demo cube (every sensor, mask, label and metadata array of each tile), with float32
+   physical values or the stored values (``physical=False``; the conversion is then
+   ``to_physical`` on the accelerator, timed on this CPU as ``to_physical demo``). Ratio =
+   loader / ceiling throughput. ``extra`` has MB/s (bytes delivered) and the workers' peak
+   and growth of RSS over the epoch.
 4. ``torchgeo gen``: the same tiles as one GeoTIFF each (deflate, 256 x 256 blocks), read with
    TorchGeo's ``RasterDataset`` + ``RandomGeoSampler(size=120)`` in the same DataLoader setup,
    in a separate venv (torchvision does not install beside this project's torch) run as a
@@ -189,9 +194,7 @@ class SlabBatchDataset(SlabDataset):
             batch = torch.empty(shape, dtype=dtype).share_memory_()  # type: ignore[no-untyped-call]
         else:
             batch = lease[1].view(dtype).view(shape)
-        rows = batch.numpy()
-        for row, i in enumerate(indexes):
-            reader.read(self.path, int(self.positions[i]), out=rows[row])
+        reader.read_rows(self.path, [int(self.positions[i]) for i in indexes], batch.numpy())
         if lease is None:
             return batch
         return LeasedBatch({"x": batch}, self._ring, lease[0], lease[1])
@@ -214,8 +217,8 @@ def _rss_kb(pid: int) -> tuple[int, int]:
     )
 
 
-def _loader(dataset: Any, context: str) -> Any:
-    """``DataLoader(num_workers=2, batch_size=16)``, workers kept between epochs."""
+def _loader(dataset: Any, context: str, batch: int = BATCH) -> Any:
+    """``DataLoader(num_workers=2, batch_size=batch)``, workers kept between epochs."""
     from torch.utils.data import DataLoader
 
     extra: dict[str, Any] = {}
@@ -224,7 +227,7 @@ def _loader(dataset: Any, context: str) -> Any:
     return DataLoader(
         dataset,
         **extra,
-        batch_size=BATCH,
+        batch_size=batch,
         num_workers=WORKERS,
         shuffle=True,
         persistent_workers=True,
@@ -472,9 +475,10 @@ def _loader_case(
     repeats: int,
     epochs: int,
     context: str = "fork",
+    batch: int = BATCH,
 ) -> Measurement:
     """Steady-state throughput: one warm-up epoch (worker start), then ``epochs`` per repeat."""
-    loader = _loader(dataset, context)
+    loader = _loader(dataset, context, batch)
     sizes: list[int] = []
     rss: dict[str, float] = {}
 
@@ -484,13 +488,18 @@ def _loader_case(
     med = time_median(run_epochs, repeats=repeats, warmup=1)
     return Measurement(
         NAME,
-        f"loader {tag}: {case}",
+        f"loader {tag}: {case}, batch {batch}",
         f"ceiling {tag}",
         med,
         repeats,
         float(len(dataset) * epochs),
         "samples",
-        extra={"MB_s": round(sizes[-1] / med / 1e6, 1), "context": context, **rss},
+        extra={
+            "MB_s": round(sizes[-1] / med / 1e6, 1),
+            "batch": batch,
+            "context": context,
+            **rss,
+        },
     )
 
 
@@ -531,7 +540,11 @@ def _cube_cases(
                 context="spawn" if name == "tensorstore" else "fork",
             )
         )
-    for slots, what in ((0, "new shared memory per batch"), (4, "4 reused worker buffers")):
+    for slots, what, batch in (
+        (0, "new shared memory per batch", BATCH),
+        (4, "4 reused worker buffers", BATCH),
+        (4, "4 reused worker buffers", 4 * BATCH),
+    ):
         results.append(
             _loader_case(
                 tag,
@@ -539,6 +552,7 @@ def _cube_cases(
                 SlabBatchDataset(ChunksReader(cube), paths[0], positions, slots=slots),
                 repeats,
                 epochs,
+                batch=batch,
             )
         )
     return results
@@ -584,16 +598,21 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
             extra={"MB_s": round(decoded * epochs / ceiling / 1e6, 1), "arrays": len(paths)},
         )
     ]
-    cases = (
-        ("TileDataset float32 (physical)", {}),
-        ("TileDataset stored values (physical=False)", {"physical": False}),
+    cases: tuple[tuple[str, dict[str, Any], int], ...] = (
+        ("TileDataset float32 (physical)", {}, BATCH),
+        ("TileDataset stored values (physical=False)", {"physical": False}, BATCH),
         (
             "TileDataset stored values, new shared memory per batch",
             {"physical": False, "batch_buffers": 0},
+            BATCH,
         ),
+        ("TileDataset float32 (physical)", {}, 4 * BATCH),
+        ("TileDataset stored values (physical=False)", {"physical": False}, 4 * BATCH),
     )
-    for case, options in cases:
-        m = _loader_case("demo", case, dsmod.TileDataset(cube, **options), repeats, epochs)
+    for case, options, batch in cases:
+        m = _loader_case(
+            "demo", case, dsmod.TileDataset(cube, **options), repeats, epochs, batch=batch
+        )
         results.append(
             Measurement(
                 m.bench, m.case, base, m.median_s, m.repeats, m.unit_count, m.unit, extra=m.extra
@@ -636,7 +655,14 @@ def run(quick: bool = False) -> list[Measurement]:
     positions = np.arange(n_gen, dtype=np.int64)
     gen_epochs = max(1, (1500 if quick else 8000) // n_gen)
     results += _cube_cases("gen", str(gen), [GEN_PATH], positions, repeats, gen_epochs)
-    ours = next(m for m in results if m.case == "loader gen: SlabDataset[_chunks]")
+    ours = next(m for m in results if m.case == f"loader gen: SlabDataset[_chunks], batch {BATCH}")
+    batched = next(
+        m
+        for m in results
+        if m.case
+        == f"loader gen: SlabBatchDataset[_chunks] (decode into the batch, 4 reused worker "
+        f"buffers), batch {BATCH}"
+    )
     n_tg = n_gen if not quick else 256
     tifs = _geotiffs(gen, n_gen)
     tg = _torchgeo(tifs, n_tg, repeats)
@@ -644,6 +670,7 @@ def run(quick: bool = False) -> list[Measurement]:
         print(f"  loader: TorchGeo skipped: {tg}")
     else:
         per_sample_ours = ours.median_s / ours.unit_count
+        per_sample_batched = batched.median_s / batched.unit_count
         per_sample_tg = tg["median_s"] / tg["samples"]
         results.append(
             Measurement(
@@ -657,6 +684,7 @@ def run(quick: bool = False) -> list[Measurement]:
                 extra={
                     "MB_s": round(tg["bytes"] / tg["median_s"] / 1e6, 1),
                     "eoforge_speedup": round(per_sample_tg / per_sample_ours, 1),
+                    "eoforge_batched_speedup": round(per_sample_tg / per_sample_batched, 1),
                 },
             )
         )
