@@ -540,11 +540,10 @@ def _cube_cases(
                 context="spawn" if name == "tensorstore" else "fork",
             )
         )
-    for slots, what, batch in (
-        (0, "new shared memory per batch", BATCH),
-        (4, "4 reused worker buffers", BATCH),
-        (4, "4 reused worker buffers", 4 * BATCH),
-    ):
+    slab_cases = [(0, "new shared memory per batch", BATCH), (4, "4 reused worker buffers", BATCH)]
+    if positions.size >= 16 * WORKERS * 4 * BATCH:  # enough batches of 64 to keep workers busy
+        slab_cases.append((4, "4 reused worker buffers", 4 * BATCH))
+    for slots, what, batch in slab_cases:
         results.append(
             _loader_case(
                 tag,
@@ -606,8 +605,6 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
             {"physical": False, "batch_buffers": 0},
             BATCH,
         ),
-        ("TileDataset float32 (physical)", {}, 4 * BATCH),
-        ("TileDataset stored values (physical=False)", {"physical": False}, 4 * BATCH),
     )
     for case, options, batch in cases:
         m = _loader_case(

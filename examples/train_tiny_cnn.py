@@ -2,7 +2,9 @@
 
 Run: ``python examples/train_tiny_cnn.py CUBE [STEPS]``. The steps: query the tile catalog,
 read the selected tiles with ``TileDataset``, shard-aware shuffling with ``ShardAwareSampler``,
-a plain ``DataLoader``, a small CNN and ``BCEWithLogitsLoss``.
+a plain ``DataLoader``, a small CNN and ``BCEWithLogitsLoss``. The workers only decode: they
+hand over the stored integers (``physical=False``), and ``to_physical`` turns them into
+normalised float32 on the training device (the GPU when there is one).
 """
 
 from __future__ import annotations
@@ -36,12 +38,18 @@ def main(
         normalize="cube",  # per-band mean/std over valid pixels, cached in the cube
         fill_value=0.0,  # no observation -> 0 (the band mean after normalising)
         metadata=False,
+        physical=False,  # stored integers; to_physical below gives the float32 values
     )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sampler = ShardAwareSampler(dataset, seed=0)  # DDP: rank/world size from torch.distributed
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=False
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
     )
-    first = dataset[0]
+    first = dataset.to_physical(dataset[0])
     n_bands = first[sensor].shape[1]
     n_classes = first[f"multilabel_{source}"].shape[0]
     model = nn.Sequential(
@@ -52,13 +60,15 @@ def main(
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(32, n_classes),
-    )
+    ).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
     losses: list[float] = []
     for epoch in range(1000):
         sampler.set_epoch(epoch)  # a new shard-grouped order every epoch
-        for batch in loader:
+        for stored in loader:
+            on_device = {k: v.to(device, non_blocking=True) for k, v in stored.items()}
+            batch = dataset.to_physical(on_device)  # float32, normalised, fill -> 0
             x = batch[sensor][:, 0]  # (N, band, y, x) float32
             y = batch[f"multilabel_{source}"]  # (N, class) float32 0/1, NaN if not labelled
             labelled = ~torch.isnan(y).any(dim=1)
