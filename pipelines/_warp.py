@@ -805,7 +805,7 @@ class RasterioBackend:
     """
 
     retries: int = 5
-    backoff_s: float = 0.2
+    backoff_s: float = 0.1
 
     def warp(
         self, requests: Sequence[WarpRequest], grid: TargetGrid, *, gdal_env: Mapping[str, str]
@@ -889,7 +889,7 @@ class StackstacBackend:
     """
 
     retries: int = 5
-    backoff_s: float = 0.2
+    backoff_s: float = 0.1
     max_threads: int = 4
 
     def warp(
