@@ -24,7 +24,10 @@ Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
    ``to_physical`` on the accelerator, timed on this CPU as ``to_physical demo``). Ratio =
    loader / ceiling throughput. ``extra`` has MB/s (bytes delivered) and the workers' peak
    and growth of RSS over the epoch.
-4. ``torchgeo gen``: the same tiles as one GeoTIFF each (deflate, 256 x 256 blocks), read with
+4. ``DataLoader(num_workers=2) alone``: batches/s and CPU per batch (main process + workers)
+   over a dataset whose batches cost nothing: the fixed cost of the DataLoader's queues,
+   pickling and threads, which on 2 cores bounds the loader/ceiling ratio of small batches.
+5. ``torchgeo gen``: the same tiles as one GeoTIFF each (deflate, 256 x 256 blocks), read with
    TorchGeo's ``RasterDataset`` + ``RandomGeoSampler(size=120)`` in the same DataLoader setup,
    in a separate venv (torchvision does not install beside this project's torch) run as a
    subprocess that prints JSON. The venv is ``$EOFORGE_TORCHGEO_PYTHON``,
@@ -217,19 +220,24 @@ def _rss_kb(pid: int) -> tuple[int, int]:
     )
 
 
-def _loader(dataset: Any, context: str, batch: int = BATCH) -> Any:
-    """``DataLoader(num_workers=2, batch_size=batch)``, workers kept between epochs."""
-    from torch.utils.data import DataLoader
+def _loader(dataset: Any, context: str, batch: int = BATCH, draws: int | None = None) -> Any:
+    """``DataLoader(num_workers=2, batch_size=batch)``, workers kept between epochs.
+
+    Shuffled epochs over the dataset, or (``draws``) epochs of ``draws`` random samples drawn
+    with replacement: many batches per epoch from a small cube.
+    """
+    from torch.utils.data import DataLoader, RandomSampler
 
     extra: dict[str, Any] = {}
-    if isinstance(dataset, SlabBatchDataset):
+    if isinstance(dataset, SlabBatchDataset | EmptyBatches):
         extra["collate_fn"] = _identity
     return DataLoader(
         dataset,
         **extra,
         batch_size=batch,
         num_workers=WORKERS,
-        shuffle=True,
+        shuffle=draws is None,
+        sampler=None if draws is None else RandomSampler(dataset, True, draws),
         persistent_workers=True,
         multiprocessing_context=context,
     )
@@ -476,9 +484,13 @@ def _loader_case(
     epochs: int,
     context: str = "fork",
     batch: int = BATCH,
+    draws: int | None = None,
 ) -> Measurement:
-    """Steady-state throughput: one warm-up epoch (worker start), then ``epochs`` per repeat."""
-    loader = _loader(dataset, context, batch)
+    """Steady-state throughput: one warm-up epoch (worker start), then ``epochs`` per repeat.
+
+    With ``draws``, an epoch is ``draws`` samples drawn at random (see :func:`_loader`).
+    """
+    loader = _loader(dataset, context, batch, draws)
     sizes: list[int] = []
     rss: dict[str, float] = {}
 
@@ -492,7 +504,7 @@ def _loader_case(
         f"ceiling {tag}",
         med,
         repeats,
-        float(len(dataset) * epochs),
+        float((draws or len(dataset)) * epochs),
         "samples",
         extra={
             "MB_s": round(sizes[-1] / med / 1e6, 1),
@@ -605,10 +617,20 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
             {"physical": False, "batch_buffers": 0},
             BATCH,
         ),
+        ("TileDataset float32 (physical)", {}, 4 * BATCH),
+        ("TileDataset stored values (physical=False)", {"physical": False}, 4 * BATCH),
     )
     for case, options, batch in cases:
+        # The demo cube has < 100 rows: epochs of n * epochs random draws keep the workers
+        # busy with many batches (the same tiles the ceiling reads, as often).
         m = _loader_case(
-            "demo", case, dsmod.TileDataset(cube, **options), repeats, epochs, batch=batch
+            "demo",
+            case,
+            dsmod.TileDataset(cube, **options),
+            repeats,
+            1,
+            batch=batch,
+            draws=n * epochs,
         )
         results.append(
             Measurement(
@@ -633,11 +655,71 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
     return results
 
 
+class EmptyBatches:
+    """A dataset whose batches cost nothing: what the DataLoader itself costs per batch."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, indexes: list[int]) -> Any:
+        import torch
+
+        return {"x": torch.zeros(1)}
+
+
+def _dataloader_overhead(n_batches: int, repeats: int) -> Measurement:
+    """Batches/s of ``DataLoader(num_workers=2)`` over :class:`EmptyBatches`, and CPU per batch."""
+    import resource
+
+    loader = _loader(EmptyBatches(n_batches * BATCH), "fork")
+    cpu: list[float] = []
+
+    def epoch() -> None:
+        it = iter(loader)
+        pids = [w.pid for w in getattr(it, "_workers", [])]
+        before = _cpu_s(pids) + _self_cpu_s(resource)
+        for _ in it:
+            pass
+        cpu.append(_cpu_s(pids) + _self_cpu_s(resource) - before)
+
+    med = time_median(epoch, repeats=repeats, warmup=1)
+    return Measurement(
+        NAME,
+        f"DataLoader(num_workers=2) alone: empty batches of {BATCH}",
+        None,
+        med,
+        repeats,
+        float(n_batches),
+        "batches",
+        extra={"cpu_us_per_batch": round(sorted(cpu)[len(cpu) // 2] / n_batches * 1e6)},
+    )
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of processes ``pids`` (from /proc; 0 where unavailable)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _self_cpu_s(resource: Any) -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
 def run(quick: bool = False) -> list[Measurement]:
     """Readers, loaders, ceiling and TorchGeo on the demo and the generated cube."""
     repeats = 1 if quick else 3
     n_gen = 384 if quick else 2000
-    results: list[Measurement] = []
+    results: list[Measurement] = [_dataloader_overhead(500 if quick else 2000, max(repeats, 3))]
     if (DEMO / "zarr.json").exists():
         path = "sentinel-2-l2a/data"
         positions = np.arange(open_arrays(str(DEMO)).shape(path)[0], dtype=np.int64)
