@@ -553,7 +553,7 @@ def _cube_cases(
             )
         )
     slab_cases = [(0, "new shared memory per batch", BATCH), (4, "4 reused worker buffers", BATCH)]
-    if positions.size >= 16 * WORKERS * 4 * BATCH:  # enough batches of 64 to keep workers busy
+    if positions.size >= 8 * WORKERS * 4 * BATCH:  # enough batches of 64 to keep workers busy
         slab_cases.append((4, "4 reused worker buffers", 4 * BATCH))
     for slots, what, batch in slab_cases:
         results.append(
