@@ -177,7 +177,14 @@ def _attach(pid: int, fd: int, inode: int, size: int) -> mmap.mmap:
         mapped = _MAPS.get(key)
         if mapped is not None:
             return mapped
-        handle = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR)
+        try:
+            handle = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR)
+        except OSError as err:
+            raise RuntimeError(
+                f"cannot map the batch buffer of DataLoader worker {pid} ({err}); "
+                "fix: create the dataset with batch_buffers=0 (a new shared-memory segment "
+                "per batch)"
+            ) from err
         try:
             if os.fstat(handle).st_ino != inode:
                 raise RuntimeError(

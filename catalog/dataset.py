@@ -48,6 +48,15 @@ lot. A dict ``{sensor: {"mean": [...], "std": [...]}}`` (one value per cube band
 band) gives the statistics directly. A band without valid pixels gets mean 0, and a standard
 deviation of 0 or unknown is taken as 1.
 
+Stored values: ``physical=False`` gives ``<sensor>`` in the storage dtype (the cube's fill as
+stored), ``label_<source>`` and ``multilabel_<source>`` uint8 (255 = unknown); everything else is
+as above. :meth:`TileDataset.to_physical` converts such a sample or batch, on whatever device it
+is, into exactly the ``physical=True`` values: the float work moves to the accelerator.
+
+Batches: the DataLoader calls ``__getitems__``; in a worker the batch is decoded into one of
+``batch_buffers`` reused buffers (:mod:`catalog._ring`) that the main process maps once, and a
+buffer is reused only after the main process has dropped every tensor of its batch.
+
 Workers: the dataset holds the cube URI, a numpy array of cube positions and its options; the
 array reader (:mod:`catalog._arrays`) opens the cube lazily in each process and reopens it after
 a fork, so the dataset works with any DataLoader ``num_workers`` and the fork, spawn and
