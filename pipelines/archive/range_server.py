@@ -24,6 +24,7 @@ import http.server
 import json
 import logging
 import mimetypes
+import os
 import re
 import signal
 import socket
@@ -375,6 +376,10 @@ class RangeFileServer:
         self.close()
 
 
+#: Seconds a signalled server has to stop gracefully before it exits hard.
+_STOP_GRACE_S = 5.0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server in the foreground until SIGTERM or SIGINT: ``python -m`` this module.
 
@@ -396,6 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def _on_signal(signum: int, frame: object) -> None:
         stop.set()
+        # The graceful stop joins request threads; if one hangs (a peer that vanished mid-send),
+        # leave anyway: a server must not outlive the build that started it (PR_SET_PDEATHSIG).
+        watchdog = threading.Timer(_STOP_GRACE_S, os._exit, args=(0,))
+        watchdog.daemon = True
+        watchdog.start()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
