@@ -131,17 +131,13 @@ class _Piece:
     sel: tuple[slice, ...]
     #: Chunk coordinates after the tile axis.
     rest: tuple[int, ...]
-    #: Shard coordinates after the tile axis (sharded arrays).
-    outer_rest: tuple[int, ...]
-    #: Offset of the chunk in its shard's index, less the tile's (sharded arrays).
-    rest_flat: int
 
 
 def _direct_pieces(meta: _Meta) -> list[_Piece] | None:
     """The pieces of a slab when every chunk is one tile and decodes straight into the slab.
 
     ``None`` when chunks hold several tiles, are cut at an edge, or are not one contiguous
-    block of the slab (:meth:`ArrayReader.read` handles those).
+    block of the slab (read through decoded whole chunks instead).
     """
     slab, inner = meta.shape[1:], meta.inner
     if meta.dtype.kind == "T" or inner[0] != 1:
@@ -152,20 +148,10 @@ def _direct_pieces(meta: _Meta) -> list[_Piece] | None:
     last_split = max((i for i, v in enumerate(split) if v), default=-1)
     if not all(c == 1 for c in inner[1 : 1 + max(last_split, 0)]):
         return None
-    cpo = meta.chunks_per_outer
-    strides = [math.prod(cpo[i + 1 :]) for i in range(len(cpo))]
     pieces = []
     for rest in np.ndindex(*(s // c for s, c in zip(slab, inner[1:], strict=True))):
         sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(rest, inner[1:], strict=True))
-        local = [r % n for r, n in zip(rest, cpo[1:], strict=True)]
-        pieces.append(
-            _Piece(
-                sel=() if all(not v for v in split) else sel,
-                rest=tuple(int(r) for r in rest),
-                outer_rest=tuple(int(r) // n for r, n in zip(rest, cpo[1:], strict=True)),
-                rest_flat=sum(v * st for v, st in zip(local, strides[1:], strict=True)),
-            )
-        )
+        pieces.append(_Piece(sel=() if not any(split) else sel, rest=tuple(int(r) for r in rest)))
     return pieces
 
 
@@ -422,8 +408,6 @@ class ArrayReader:
         self._meta: dict[str, _Meta] = {}
         self._index: OrderedDict[str, npt.NDArray[np.uint64] | None] = OrderedDict()
         self._buf = bytearray(1 << 16)
-        # path -> (chunk buffer, coords it holds or None, whether that chunk exists)
-        self._scratch: dict[str, tuple[npt.NDArray[Any], tuple[int, ...] | None, bool]] = {}
         # path -> pieces of a one-tile-per-chunk slab (None: read() handles the array)
         self._pieces: dict[str, list[_Piece] | None] = {}
         # (path, chunk coords) -> decoded multi-tile chunk or None (never written); LRU, bounded
@@ -538,8 +522,10 @@ class ArrayReader:
             index = self._shard_index(meta, key)
             if index is None:
                 return False
-            local = tuple(c % n for c, n in zip(coords, cpo, strict=True))
-            offset, nbytes = (int(v) for v in index[np.ravel_multi_index(local, cpo)])
+            flat = 0
+            for c, n in zip(coords, cpo, strict=True):
+                flat = flat * n + c % n
+            offset, nbytes = (int(v) for v in index[flat])
             if offset == _EMPTY and nbytes == _EMPTY:
                 return False
         else:
@@ -581,12 +567,6 @@ class ArrayReader:
             ConflictError: A corrupt or truncated shard.
         """
         meta = self.meta(path)
-        n = meta.shape[0] if meta.shape else 0
-        if not -n <= position < n:
-            raise InvalidInputError(
-                f"position {position} is outside the tile axis of length {n}", where=path
-            )
-        position %= n
         slab = meta.shape[1:]
         if out is None:
             out = np.empty(slab, dtype=meta.dtype)
@@ -596,41 +576,7 @@ class ArrayReader:
                 f"{meta.dtype}",
                 where=path,
             )
-        inner = meta.inner
-        c0, o0 = divmod(position, inner[0])
-        ranges = [range(math.ceil(s / c)) for s, c in zip(slab, inner[1:], strict=True)]
-        # Direct decode into ``out`` when the chunk is one contiguous block of it: one tile per
-        # chunk, no partial chunk at an edge, and every axis before the last one the chunk splits
-        # split into single elements (e.g. time for a (1, 1, band, y, x) chunk).
-        direct = inner[0] == 1 and all(s % c == 0 for s, c in zip(slab, inner[1:], strict=True))
-        if direct:
-            split = [c != s for s, c in zip(slab, inner[1:], strict=True)]
-            last_split = max((i for i, v in enumerate(split) if v), default=-1)
-            direct = all(c == 1 for c in inner[1 : 1 + max(last_split, 0)])
-        for rest in np.ndindex(*(len(r) for r in ranges)):
-            sel = tuple(
-                slice(i * c, min((i + 1) * c, s))
-                for i, c, s in zip(rest, inner[1:], slab, strict=True)
-            )
-            coords = (c0, *rest)
-            if direct:
-                dest = out[sel]
-                if not self._decode_chunk(meta, coords, dest):
-                    dest[...] = meta.fill_value
-                continue
-            # A chunk of several tiles (tiles/*) is often read again for the next position:
-            # keep the last decoded one per array.
-            scratch, held, found = self._scratch.get(meta.path, (None, None, False))
-            if scratch is None:
-                scratch = np.empty(inner, dtype=meta.dtype)
-            if held != coords:
-                found = self._decode_chunk(meta, coords, scratch)
-                self._scratch[meta.path] = (scratch, coords, found)
-            if found:
-                part: tuple[int | slice, ...] = (o0, *(slice(0, s.stop - s.start) for s in sel))
-                out[sel] = scratch[part]
-            else:
-                out[sel] = meta.fill_value
+        self.read_rows(path, [position], out[np.newaxis])
         return out
 
     def read_rows(
@@ -663,7 +609,7 @@ class ArrayReader:
                 f"{meta.dtype}",
                 where=path,
             )
-        n = meta.shape[0]
+        n = meta.shape[0] if meta.shape else 0
         rows: list[int] = []
         for position in positions:
             p = int(position)
@@ -676,11 +622,12 @@ class ArrayReader:
             self._pieces[path] = _direct_pieces(meta)
         pieces = self._pieces[path]
         if pieces is not None:
+            # One tile per chunk, each chunk one contiguous block of the slab: decode in place.
             for row, p in enumerate(rows):
                 dst = out[row]
                 for piece in pieces:
                     dest = dst[piece.sel] if piece.sel else dst
-                    if not self._decode_piece(meta, piece, p, dest):
+                    if not self._decode_chunk(meta, (p, *piece.rest), dest):
                         dest[...] = meta.fill_value
             return out
         inner = meta.inner
@@ -700,11 +647,27 @@ class ArrayReader:
                     out[index] = meta.fill_value
             return out
         for row, p in enumerate(rows):
-            self.read(path, p, out=out[row])
+            self._read_through_chunks(meta, p, out[row])
         return out
 
+    def _read_through_chunks(self, meta: _Meta, position: int, out: npt.NDArray[Any]) -> None:
+        """``out[...] = array[position]`` from whole decoded chunks (partial or multi-tile)."""
+        inner, slab = meta.inner, meta.shape[1:]
+        c0, o0 = divmod(position, inner[0])
+        for rest in np.ndindex(*(math.ceil(s / c) for s, c in zip(slab, inner[1:], strict=True))):
+            sel = tuple(
+                slice(i * c, min((i + 1) * c, s))
+                for i, c, s in zip(rest, inner[1:], slab, strict=True)
+            )
+            chunk = self._small_chunk(meta, (c0, *rest))
+            if chunk is None:
+                out[sel] = meta.fill_value
+            else:
+                part: tuple[int | slice, ...] = (o0, *(slice(0, s.stop - s.start) for s in sel))
+                out[sel] = chunk[part]
+
     def _small_chunk(self, meta: _Meta, coords: tuple[int, ...]) -> npt.NDArray[Any] | None:
-        """The decoded chunk ``coords`` of a multi-tile array (``None``: never written), cached.
+        """The decoded whole chunk ``coords`` (``None``: never written), cached.
 
         The cache is an LRU bounded by ``_SMALL_CACHE_BYTES`` (chunks larger than a quarter of
         it are not kept). Chunks of a shard that a later build writes are seen after the cache
@@ -724,32 +687,6 @@ class ArrayReader:
             while self._small_bytes > _SMALL_CACHE_BYTES and self._small:
                 self._small_bytes -= _cost(self._small.popitem(last=False)[1])
         return chunk
-
-    def _decode_piece(self, meta: _Meta, piece: _Piece, position: int, dest: Any) -> bool:
-        """Decode the chunk of ``piece`` for tile ``position`` into ``dest``; False if empty."""
-        if not meta.sharded:
-            return self._decode_chunk(meta, (position, *piece.rest), dest)
-        cpo0 = meta.outer[0] // meta.inner[0]
-        o0, l0 = divmod(position, cpo0)
-        key = meta.key((o0, *piece.outer_rest))
-        index = self._index.get(key)
-        if index is None:
-            index = self._shard_index(meta, key)
-            if index is None:
-                return False
-        entry = index[l0 * (len(index) // cpo0) + piece.rest_flat]
-        offset, nbytes = int(entry[0]), int(entry[1])
-        if offset == _EMPTY and nbytes == _EMPTY:
-            return False
-        if len(self._buf) < nbytes:
-            self._buf = bytearray(max(nbytes, 2 * len(self._buf)))
-        src = self._get_store().read_range(key, offset, nbytes, self._buf)
-        if src is None:
-            return False
-        meta.decoder(src, dest.reshape(-1).view(np.uint8))
-        if meta.big_endian:
-            dest.byteswap(inplace=True)
-        return True
 
 
 def open_arrays(cube_uri: str, storage_options: dict[str, Any] | None = None) -> ArrayReader:
