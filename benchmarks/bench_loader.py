@@ -43,6 +43,7 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -183,24 +184,18 @@ class SlabBatchDataset(SlabDataset):
         from torch.utils.data import get_worker_info
 
         from catalog._ring import BatchRing, LeasedBatch
+        from catalog.dataset import _alloc_batch, _batch_layout
 
         reader: ArrayReader = self.reader.reader
-        shape = (len(indexes), *reader.shape(self.path)[1:])
-        dtype = getattr(torch, str(reader.dtype(self.path)))
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        lease = None
-        if self.slots and get_worker_info() is not None:
-            if self._ring is None:
-                self._ring = BatchRing(self.slots, nbytes)
-            lease = self._ring.acquire(nbytes)
+        plan = [("x", reader.shape(self.path)[1:], getattr(torch, str(reader.dtype(self.path))))]
+        if self.slots and self._ring is None and get_worker_info() is not None:
+            self._ring = BatchRing(self.slots, _batch_layout(plan, len(indexes))[1])
+        batch, lease = _alloc_batch(plan, len(indexes), self._ring)
+        rows = [int(self.positions[i]) for i in indexes]
+        reader.read_rows(self.path, rows, batch["x"].numpy())
         if lease is None:
-            batch = torch.empty(shape, dtype=dtype).share_memory_()  # type: ignore[no-untyped-call]
-        else:
-            batch = lease[1].view(dtype).view(shape)
-        reader.read_rows(self.path, [int(self.positions[i]) for i in indexes], batch.numpy())
-        if lease is None:
-            return batch
-        return LeasedBatch({"x": batch}, self._ring, lease[0], lease[1])
+            return batch["x"]
+        return LeasedBatch(batch, *lease)
 
 
 def _identity(batch: Any) -> Any:
@@ -672,18 +667,16 @@ class EmptyBatches:
 
 def _dataloader_overhead(n_batches: int, repeats: int) -> Measurement:
     """Batches/s of ``DataLoader(num_workers=2)`` over :class:`EmptyBatches`, and CPU per batch."""
-    import resource
-
     loader = _loader(EmptyBatches(n_batches * BATCH), "fork")
     cpu: list[float] = []
 
     def epoch() -> None:
         it = iter(loader)
         pids = [w.pid for w in getattr(it, "_workers", [])]
-        before = _cpu_s(pids) + _self_cpu_s(resource)
+        before = _cpu_s(pids) + _self_cpu_s()
         for _ in it:
             pass
-        cpu.append(_cpu_s(pids) + _self_cpu_s(resource) - before)
+        cpu.append(_cpu_s(pids) + _self_cpu_s() - before)
 
     med = time_median(epoch, repeats=repeats, warmup=1)
     return Measurement(
@@ -710,7 +703,8 @@ def _cpu_s(pids: list[int]) -> float:
     return total
 
 
-def _self_cpu_s(resource: Any) -> float:
+def _self_cpu_s() -> float:
+    """User + system CPU seconds of this process."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return float(usage.ru_utime + usage.ru_stime)
 

@@ -614,17 +614,6 @@ class TileDataset(Dataset[Sample]):
             )
         self.physical = bool(physical)
         self.batch_buffers = int(batch_buffers)
-        self._consts = {
-            s: (
-                layout.sensor(s).scale_factor,
-                layout.sensor(s).add_offset,
-                layout.sensor(s).nodata,
-            )
-            for s in self.sensors
-        }
-        self._n_classes = {
-            lab.source: len(lab.class_names) for lab in layout.labels if lab.source in self.labels
-        }
         self.resize_mode = resize_mode
         self.fill_value = float(fill_value)
         self.metadata = metadata
@@ -704,10 +693,12 @@ class TileDataset(Dataset[Sample]):
                 where="to_physical",
                 fix="drop the call (this dataset's samples are physical already)",
             )
+        layout = self._open()[1]
         out = dict(batch)
         for name in self.sensors:
             raw = batch[name]
-            scale, offset, nodata = self._consts[name]
+            sensor = layout.sensor(name)
+            scale, offset, nodata = sensor.scale_factor, sensor.add_offset, sensor.nodata
             if isinstance(nodata, float) and math.isnan(nodata):
                 fill = ~torch.isfinite(raw)
             else:
@@ -724,10 +715,11 @@ class TileDataset(Dataset[Sample]):
                 values = values.sub_(mean[:, None, None]).div_(std[:, None, None])
             out[name] = values.masked_fill_(fill, self.fill_value)
         for source in self.labels:
+            lab = next(lab for lab in layout.labels if lab.source == source)
             out[f"label_{source}"] = batch[f"label_{source}"].to(torch.int64)
             multi = batch[f"multilabel_{source}"]
             values = multi.to(torch.float32)
-            if multi.shape[-1] != self._n_classes[source]:
+            if multi.shape[-1] != len(lab.class_names):
                 values = values.fill_(math.nan)
             else:
                 values = values.masked_fill_((multi == 255).any(dim=-1, keepdim=True), math.nan)
@@ -837,7 +829,7 @@ class TileDataset(Dataset[Sample]):
             ring = self._ring
             if ring is None or ring.pid != os.getpid():
                 # Sized for this batch; a larger batch later falls back to a new segment.
-                ring = self._ring = BatchRing(self.batch_buffers, _batch_nbytes(plan, n))
+                ring = self._ring = BatchRing(self.batch_buffers, _batch_layout(plan, n)[1])
         return _alloc_batch(plan, n, ring)
 
     def _batch_plan(
@@ -1035,11 +1027,16 @@ def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
 Lease = tuple[BatchRing, int, torch.Tensor] | None
 
 
-def _batch_nbytes(plan: Sequence[tuple[str, tuple[int, ...], torch.dtype]], n: int) -> int:
+def _batch_layout(
+    plan: Sequence[tuple[str, tuple[int, ...], torch.dtype]], n: int
+) -> tuple[list[int], int]:
+    """Byte offset of every key's ``(n, *shape)`` tensor in the batch buffer, and its size."""
+    offsets: list[int] = []
     total = 0
     for _, shape, dtype in plan:
+        offsets.append(total)
         total += -(-(n * math.prod(shape) * dtype.itemsize) // _ALIGN) * _ALIGN
-    return max(total, 1)
+    return offsets, max(total, 1)
 
 
 def _alloc_batch(
@@ -1053,7 +1050,7 @@ def _alloc_batch(
     is returned), else a new shared-memory segment for the DataLoader to hand to the main
     process; in the main process, ordinary memory.
     """
-    total = _batch_nbytes(plan, n)
+    offsets, total = _batch_layout(plan, n)
     lease: Lease = None
     slot = ring.acquire(total) if ring is not None else None
     if slot is not None:
@@ -1065,11 +1062,6 @@ def _alloc_batch(
         )
     else:
         buffer = torch.empty(total, dtype=torch.uint8)
-    offsets: list[int] = []
-    start = 0
-    for _, shape, dtype in plan:
-        offsets.append(start)
-        start += -(-(n * math.prod(shape) * dtype.itemsize) // _ALIGN) * _ALIGN
     batch: dict[str, Any] = {}
     for (key, shape, dtype), start in zip(plan, offsets, strict=True):
         nbytes = n * math.prod(shape) * dtype.itemsize
