@@ -667,6 +667,22 @@ def clear_remote_cache(href: str) -> bool:
     return True
 
 
+def _back_off(
+    config: _ReadConfig, request: WarpRequest, attempt: int, what: str, detail: object
+) -> None:
+    """Log ``what`` (``%s``: the href without its query) and sleep before the next attempt."""
+    delay = config.backoff_s * 2**attempt
+    logger.warning(
+        what + " (attempt %d/%d), retrying in %.2fs: %s",
+        redact_href(request.href),
+        attempt + 1,
+        config.retries + 1,
+        delay,
+        detail,
+    )
+    config.sleep(delay)
+
+
 def _with_retries(
     request: WarpRequest,
     config: _ReadConfig,
@@ -688,16 +704,7 @@ def _with_retries(
             # file is called damaged only if it still reads so on the last attempt.
             if not _is_remote(request.href) or attempt + 1 >= attempts:
                 raise
-            delay = config.backoff_s * 2**attempt
-            logger.warning(
-                "%s reads as damaged (attempt %d/%d), retrying in %.2fs: %s",
-                redact_href(request.href),
-                attempt + 1,
-                attempts,
-                delay,
-                exc,
-            )
-            config.sleep(delay)
+            _back_off(config, request, attempt, "%s reads as damaged", exc)
         except RasterioError as exc:
             kind, text = classify_io_error(exc)
             if (
@@ -735,16 +742,7 @@ def _with_retries(
                 ) from exc
             last = exc
             if attempt + 1 < attempts:
-                delay = config.backoff_s * 2**attempt
-                logger.warning(
-                    "transient error reading %s (attempt %d/%d), retrying in %.2fs: %s",
-                    redact_href(request.href),
-                    attempt + 1,
-                    attempts,
-                    delay,
-                    text,
-                )
-                config.sleep(delay)
+                _back_off(config, request, attempt, "transient error reading %s", text)
     raise TransientError(
         f"reading {redact_href(request.href)} failed {attempts} times ({last})",
         where=f"item {request.item_id} asset {request.asset_key}",
