@@ -10,7 +10,10 @@ so this reader does only the necessary work:
 2. read each shard's index once and keep it in a bounded per-process LRU;
 3. read exactly the chunk's byte range (``os.preadv`` into a reused buffer on a cached file
    descriptor for local cubes; an fsspec range request for remote ones);
-4. decode with numcodecs' Blosc or Zstd straight into the caller's output array.
+4. decode with numcodecs' Blosc or Zstd straight into the caller's output array when a chunk
+   is one tile's contiguous block; chunks holding several tiles (``tiles/*``, datetimes,
+   multi-labels) or cut at an edge are decoded whole into a per-reader LRU bounded by
+   ``_SMALL_CACHE_BYTES`` and copied from there.
 
 Supported encodings: the ``regular`` chunk grid, ``default`` or ``v2`` chunk keys, optionally
 ``sharding_indexed`` (index at ``start`` or ``end``, index codecs ``bytes`` + optional
