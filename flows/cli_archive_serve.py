@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import signal
-import threading
+import time
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +19,9 @@ from rich.markup import escape
 from flows._cli_common import console, reports_errors
 
 __all__ = ["register"]
+
+#: How often the serving loop looks at the stop flag.
+_POLL_S = 0.2
 
 
 class BackendChoice(StrEnum):
@@ -42,16 +45,25 @@ def _write_urls(path: Path, urls: dict[str, str]) -> None:
 
 
 class _Stopper:
-    """SIGINT/SIGTERM handling: abort while starting, ask for a clean stop once serving."""
+    """SIGINT/SIGTERM handling: abort while starting, ask for a clean stop once serving.
+
+    The handler takes no lock: signals can come back to back (Ctrl-C pressed twice, or one
+    SIGTERM per thread of a dying parent), and a handler waiting on a lock that the handler it
+    interrupted holds never returns. A second signal during an abort is ignored, so it cannot
+    cut short the unwinding that stops the servers.
+    """
 
     def __init__(self) -> None:
-        self.requested = threading.Event()
+        self.requested = False
         self.serving = False
+        self._aborting = False
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        if not self.serving:
+        if self.serving:
+            self.requested = True
+        elif not self._aborting:
+            self._aborting = True
             raise KeyboardInterrupt  # unwinds the startup, which stops what already runs
-        self.requested.set()
 
 
 @contextlib.contextmanager
@@ -118,8 +130,8 @@ def serve(
             _say("Serving; press Ctrl-C to stop.")
             stopper.serving = True
             try:
-                while not stopper.requested.wait(1.0):
-                    pass
+                while not stopper.requested:
+                    time.sleep(_POLL_S)
             finally:
                 if urls_file is not None:
                     urls_file.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Sequence
@@ -378,6 +379,8 @@ class RangeFileServer:
 
 #: Seconds a signalled server has to stop gracefully before it exits hard.
 _STOP_GRACE_S = 5.0
+#: How often the foreground loop looks at the stop flag (a signal may land on another thread).
+_POLL_S = 0.2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -397,23 +400,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--prefix", action="append", default=None, help="top-level folder to serve (repeatable)"
     )
     args = parser.parse_args(argv)
-    stop = threading.Event()
+    # The handler only sets a flag. A dying parent sends SIGTERM once per thread of its
+    # (PR_SET_PDEATHSIG), so handlers run back to back, and a handler that takes a lock
+    # (``Event.set``) deadlocks when the next signal lands while it holds that lock.
+    stop_requested = False
 
     def _on_signal(signum: int, frame: object) -> None:
-        stop.set()
-        # The graceful stop joins request threads; if one hangs (a peer that vanished mid-send),
-        # leave anyway: a server must not outlive the build that started it (PR_SET_PDEATHSIG).
-        watchdog = threading.Timer(_STOP_GRACE_S, os._exit, args=(0,))
-        watchdog.daemon = True
-        watchdog.start()
+        nonlocal stop_requested
+        stop_requested = True
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     prefixes = args.prefix or ["data"]
     with RangeFileServer(args.root, host=args.host, port=args.port, prefixes=prefixes) as srv:
         print(srv.url, flush=True)
-        while not stop.wait(1.0):
-            pass
+        while not stop_requested:
+            time.sleep(_POLL_S)
+        # The graceful stop joins request threads; if one hangs (a peer that vanished mid-send),
+        # leave anyway: a server must not outlive the build that started it.
+        watchdog = threading.Timer(_STOP_GRACE_S, os._exit, args=(0,))
+        watchdog.daemon = True
+        watchdog.start()
     return 0
 
 

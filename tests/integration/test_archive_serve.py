@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -338,6 +339,33 @@ def test_archive_dir_from_source() -> None:
     assert archive_dir_from_source("https://stac.example.invalid/v1") is None
 
 
+def test_range_server_process_stops_on_a_burst_of_signals(archive_root: Path) -> None:
+    """Repeated SIGTERMs (one per thread of a dying parent, via PR_SET_PDEATHSIG) stop it cleanly.
+
+    A handler that took a lock (``Event.set``) deadlocked when a second signal arrived while the
+    first handler held the lock, and the server outlived the build that started it.
+    """
+    argv = [sys.executable, "-m", "pipelines.archive.range_server", str(archive_root)]
+    for attempt in range(8):
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        with proc.stdout:
+            url = proc.stdout.readline().decode().strip()
+            try:
+                assert url.startswith("http://127.0.0.1:"), f"no URL from the server: {url!r}"
+                for _ in range(300):  # as fast as they can be sent: many land inside a handler
+                    if proc.poll() is not None:
+                        break
+                    proc.send_signal(signal.SIGTERM)
+                code = proc.wait(timeout=15)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        assert code == 0, f"attempt {attempt}: exit code {code}"
+        assert port_is_closed(url)
+
+
 # --- the CLI: start, read the URLs file, query, signal, exit 0 --------------------------------
 
 
@@ -359,7 +387,9 @@ def test_cli_serve_until_signal(archive_root: Path, tmp_path: Path, sig: signal.
         with open_client(urls["stac_url"]) as client:
             found = list(client.search(collections=check_archive(archive_root)).items_as_dicts())
         assert len(found) == len(read_archive_items(archive_root))
-        proc.send_signal(sig)
+        for _ in range(50):  # back to back, as from a dying parent or an impatient user
+            if proc.poll() is None:
+                proc.send_signal(sig)
         out, errs = proc.communicate(timeout=30)
     finally:
         stop_cli(proc)
