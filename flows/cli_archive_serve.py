@@ -65,6 +65,11 @@ class _Stopper:
             self._aborting = True
             raise KeyboardInterrupt  # unwinds the startup, which stops what already runs
 
+    def wait(self) -> None:
+        """Return once a stop was asked for (checked every ``_POLL_S``)."""
+        while not self.requested:
+            time.sleep(_POLL_S)
+
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[_Stopper]:
@@ -130,8 +135,7 @@ def serve(
             _say("Serving; press Ctrl-C to stop.")
             stopper.serving = True
             try:
-                while not stopper.requested:
-                    time.sleep(_POLL_S)
+                stopper.wait()
             finally:
                 if urls_file is not None:
                     urls_file.unlink(missing_ok=True)

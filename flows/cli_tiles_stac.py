@@ -75,8 +75,7 @@ def serve(
             )
             console.print("Serving; press Ctrl-C to stop.")
             stopper.serving = True
-            while not stopper.requested.wait(1.0):
-                pass
+            stopper.wait()
         console.print("Stopped.")
 
 
