@@ -24,6 +24,10 @@ Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
    ``to_physical`` on the accelerator, timed on this CPU as ``to_physical demo``). Ratio =
    loader / ceiling throughput. ``extra`` has MB/s (bytes delivered) and the workers' peak
    and growth of RSS over the epoch.
+   ``..., loader_context``: the same with :func:`catalog.loader_context` (the start method's
+   context with queues that write in the caller's thread instead of a feeder thread).
+   ``read_rows <cube>``: the loader minus the DataLoader: ``ArrayReader.read_rows`` of the
+   same shuffled batches into 4 reused memfd batch buffers per process, on 2 processes.
 4. ``DataLoader(num_workers=2) alone``: batches/s and CPU per batch (main process + workers)
    over a dataset whose batches cost nothing: the fixed cost of the DataLoader's queues,
    pickling and threads, which on 2 cores bounds the loader/ceiling ratio of small batches.
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import multiprocessing
 import os
 import resource
@@ -215,13 +220,22 @@ def _rss_kb(pid: int) -> tuple[int, int]:
     )
 
 
-def _loader(dataset: Any, context: str, batch: int = BATCH, draws: int | None = None) -> Any:
+def _loader(
+    dataset: Any,
+    context: str,
+    batch: int = BATCH,
+    draws: int | None = None,
+    direct: bool = False,
+) -> Any:
     """``DataLoader(num_workers=2, batch_size=batch)``, workers kept between epochs.
 
     Shuffled epochs over the dataset, or (``draws``) epochs of ``draws`` random samples drawn
-    with replacement: many batches per epoch from a small cube.
+    with replacement: many batches per epoch from a small cube. ``direct``: the start method's
+    :func:`catalog.loader_context` (queues without feeder threads).
     """
     from torch.utils.data import DataLoader, RandomSampler
+
+    from catalog import loader_context
 
     extra: dict[str, Any] = {}
     if isinstance(dataset, SlabBatchDataset | EmptyBatches):
@@ -234,7 +248,7 @@ def _loader(dataset: Any, context: str, batch: int = BATCH, draws: int | None = 
         shuffle=draws is None,
         sampler=None if draws is None else RandomSampler(dataset, True, draws),
         persistent_workers=True,
-        multiprocessing_context=context,
+        multiprocessing_context=loader_context(context) if direct else context,
     )
 
 
@@ -316,6 +330,60 @@ def _ceiling(ranges: list[Any], repeats: int, epochs: int) -> float:
             pool.map(_ceiling_worker, halves)
 
         return time_median(once, repeats=repeats)
+
+
+#: Per pool process: (cube, path, batch) -> (reader, the 4 rotating batch buffers).
+_READ_ROWS_STATE: dict[tuple[str, str, int], tuple[ArrayReader, list[npt.NDArray[Any]]]] = {}
+
+
+def _read_rows_worker(job: tuple[str, str, int, list[list[int]]]) -> int:
+    """Decode every batch with ``ArrayReader.read_rows`` into 4 rotating ring-like buffers."""
+    from catalog._ring import BatchRing
+
+    cube, path, batch, batches = job
+    state = _READ_ROWS_STATE.get((cube, path, batch))
+    if state is None:
+        reader = open_arrays(cube)
+        shape, dtype = tuple(reader.shape(path)[1:]), reader.dtype(path)
+        count = batch * math.prod(shape)
+        ring = BatchRing(4, count * dtype.itemsize)  # the same memfd slots a worker decodes into
+        slots = [
+            np.frombuffer(ring.map, dtype, count, ring.header + k * ring.slot_bytes).reshape(
+                batch, *shape
+            )
+            for k in range(4)
+        ]
+        for slot in slots:
+            slot.fill(0)  # pages faulted once, as in a worker's steady state
+        state = _READ_ROWS_STATE[(cube, path, batch)] = (reader, slots)
+    reader, slots = state
+    for k, rows in enumerate(batches):
+        reader.read_rows(path, rows, slots[k % 4][: len(rows)])
+    return len(batches)
+
+
+def _read_rows_alone(
+    tag: str, cube: str, path: str, n: int, batch: int, repeats: int, epochs: int
+) -> Measurement:
+    """``read_rows`` of shuffled batches on 2 processes, no DataLoader: the loader minus it.
+
+    The same work as the loader cases (``n`` tiles x ``epochs``, batches of ``batch``, decoded
+    into 4 reused batch buffers per process), split over 2 processes as the ceiling is.
+    """
+    order = np.random.default_rng(0).permutation(n)
+    batches = [[int(i) for i in order[k : k + batch]] for k in range(0, n, batch)]
+    jobs = [(cube, path, batch, batches[w::WORKERS] * epochs) for w in range(WORKERS)]
+    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+        med = time_median(lambda: pool.map(_read_rows_worker, jobs), repeats=repeats)
+    return Measurement(
+        NAME,
+        f"read_rows {tag}: 2 processes, no DataLoader, 4 reused batch buffers, batch {batch}",
+        f"ceiling {tag}",
+        med,
+        repeats,
+        float(n * epochs),
+        "samples",
+    )
 
 
 # --- the generated cube ---------------------------------------------------------------------
@@ -480,12 +548,14 @@ def _loader_case(
     context: str = "fork",
     batch: int = BATCH,
     draws: int | None = None,
+    direct: bool = False,
 ) -> Measurement:
     """Steady-state throughput: one warm-up epoch (worker start), then ``epochs`` per repeat.
 
-    With ``draws``, an epoch is ``draws`` samples drawn at random (see :func:`_loader`).
+    With ``draws``, an epoch is ``draws`` samples drawn at random (see :func:`_loader`);
+    ``direct``: with :func:`catalog.loader_context`.
     """
-    loader = _loader(dataset, context, batch, draws)
+    loader = _loader(dataset, context, batch, draws, direct)
     sizes: list[int] = []
     rss: dict[str, float] = {}
 
@@ -495,7 +565,7 @@ def _loader_case(
     med = time_median(run_epochs, repeats=repeats, warmup=1)
     return Measurement(
         NAME,
-        f"loader {tag}: {case}, batch {batch}",
+        f"loader {tag}: {case}, batch {batch}" + (", loader_context" if direct else ""),
         f"ceiling {tag}",
         med,
         repeats,
@@ -547,10 +617,19 @@ def _cube_cases(
                 context="spawn" if name == "tensorstore" else "fork",
             )
         )
-    slab_cases = [(0, "new shared memory per batch", BATCH), (4, "4 reused worker buffers", BATCH)]
+    ring = "4 reused worker buffers"
+    slab_cases = [
+        (0, "new shared memory per batch", BATCH, False),
+        (4, ring, BATCH, False),
+        (4, ring, BATCH, True),
+    ]
+    sizes = [BATCH]
     if positions.size >= 8 * WORKERS * 4 * BATCH:  # enough batches of 64 to keep workers busy
-        slab_cases.append((4, "4 reused worker buffers", 4 * BATCH))
-    for slots, what, batch in slab_cases:
+        slab_cases += [(4, ring, 4 * BATCH, False), (4, ring, 4 * BATCH, True)]
+        sizes.append(4 * BATCH)
+    for size in sizes:
+        results.append(_read_rows_alone(tag, cube, paths[0], positions.size, size, repeats, epochs))
+    for slots, what, batch, direct in slab_cases:
         results.append(
             _loader_case(
                 tag,
@@ -559,6 +638,7 @@ def _cube_cases(
                 repeats,
                 epochs,
                 batch=batch,
+                direct=direct,
             )
         )
     return results
@@ -604,18 +684,22 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
             extra={"MB_s": round(decoded * epochs / ceiling / 1e6, 1), "arrays": len(paths)},
         )
     ]
-    cases: tuple[tuple[str, dict[str, Any], int], ...] = (
-        ("TileDataset float32 (physical)", {}, BATCH),
-        ("TileDataset stored values (physical=False)", {"physical": False}, BATCH),
+    stored_case = "TileDataset stored values (physical=False)"
+    cases: tuple[tuple[str, dict[str, Any], int, bool], ...] = (
+        ("TileDataset float32 (physical)", {}, BATCH, False),
+        (stored_case, {"physical": False}, BATCH, False),
+        (stored_case, {"physical": False}, BATCH, True),
         (
             "TileDataset stored values, new shared memory per batch",
             {"physical": False, "batch_buffers": 0},
             BATCH,
+            False,
         ),
-        ("TileDataset float32 (physical)", {}, 4 * BATCH),
-        ("TileDataset stored values (physical=False)", {"physical": False}, 4 * BATCH),
+        ("TileDataset float32 (physical)", {}, 4 * BATCH, False),
+        (stored_case, {"physical": False}, 4 * BATCH, False),
+        (stored_case, {"physical": False}, 4 * BATCH, True),
     )
-    for case, options, batch in cases:
+    for case, options, batch, direct in cases:
         # The demo cube has < 100 rows: epochs of n * epochs random draws keep the workers
         # busy with many batches (the same tiles the ceiling reads, as often).
         m = _loader_case(
@@ -626,6 +710,7 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
             1,
             batch=batch,
             draws=n * epochs,
+            direct=direct,
         )
         results.append(
             Measurement(

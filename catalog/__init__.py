@@ -3,11 +3,13 @@
 ``catalog.open_catalog(CUBE).search(...)`` queries the tile catalog (:mod:`catalog.query`);
 importing this package loads pyarrow, DuckDB, shapely and numpy, never Prefect, Dask, xarray
 or torch. ``catalog.TileDataset``, ``ShardAwareSampler`` and ``TileStream`` (PyTorch) are
-imported on first use.
+imported on first use. ``catalog.loader_context()`` is a multiprocessing context for their
+DataLoaders (:mod:`catalog._queues`).
 """
 
 from typing import Any
 
+from catalog._queues import loader_context
 from catalog.query import SearchResult, TileCatalog, open_catalog
 from catalog.versions import CatalogVersion
 
@@ -18,6 +20,7 @@ __all__ = [
     "TileCatalog",
     "TileDataset",
     "TileStream",
+    "loader_context",
     "open_catalog",
 ]
 

@@ -16,7 +16,7 @@ import torch
 from _dataset_synth import CLASSES, LS, OUTLIER, S2, build_cube, expected_sample, layout
 from torch.utils.data import DataLoader
 
-from catalog import open_catalog
+from catalog import loader_context, open_catalog
 from catalog.dataset import STATS_PATH, TileDataset, cube_stats
 from catalog.sampler import ShardAwareSampler, TileStream, distributed_context
 from schemas.cube import MaskBit
@@ -107,9 +107,23 @@ def test_query_dict_version_and_search_result(cube: Path) -> None:
         TileDataset(cube, {"split": "nope"})
 
 
+def _context(start_method: str | None) -> Any:
+    """A start method name, or ``direct-<method>``: :func:`catalog.loader_context` of it."""
+    if start_method is not None and start_method.startswith("direct-"):
+        return loader_context(start_method.removeprefix("direct-"))
+    return start_method
+
+
 @pytest.mark.parametrize(
     ("num_workers", "start_method", "batch_size"),
-    [(0, None, None), (2, "fork", 4), (2, "spawn", None), (2, "forkserver", 3)],
+    [
+        (0, None, None),
+        (2, "fork", 4),
+        (2, "spawn", None),
+        (2, "forkserver", 3),
+        (2, "direct-fork", 4),
+        (2, "direct-spawn", 3),
+    ],
 )
 def test_dataloader_workers_and_start_methods(
     cube: Path, num_workers: int, start_method: str | None, batch_size: int | None
@@ -120,7 +134,7 @@ def test_dataloader_workers_and_start_methods(
         ds,
         batch_size=batch_size,
         num_workers=num_workers,
-        multiprocessing_context=start_method,
+        multiprocessing_context=_context(start_method),
         sampler=ShardAwareSampler(ds, seed=3),
     )
     seen: list[int] = []
@@ -465,7 +479,9 @@ def test_stored_values_then_to_physical_equal_the_physical_dataset(
         TileDataset(cube, physical=False, resize=8)
 
 
-@pytest.mark.parametrize(("start_method", "physical"), [("fork", False), ("spawn", True)])
+@pytest.mark.parametrize(
+    ("start_method", "physical"), [("fork", False), ("spawn", True), ("direct-fork", False)]
+)
 def test_worker_batch_buffers_are_never_overwritten_while_held(
     cube: Path, start_method: str, physical: bool
 ) -> None:
@@ -479,7 +495,11 @@ def test_worker_batch_buffers_are_never_overwritten_while_held(
 
     ds = TileDataset(cube, physical=physical, batch_buffers=2)
     loader = DataLoader(
-        ds, batch_size=3, num_workers=2, multiprocessing_context=start_method, shuffle=True
+        ds,
+        batch_size=3,
+        num_workers=2,
+        multiprocessing_context=_context(start_method),
+        shuffle=True,
     )
     held = [batch for _ in range(3) for batch in loader]
     assert _ring.ring_supported() and _ring._MAPS  # batches came through worker buffers
