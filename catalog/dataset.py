@@ -715,7 +715,7 @@ class TileDataset(Dataset[Sample]):
                 values = values.sub_(mean[:, None, None]).div_(std[:, None, None])
             out[name] = values.masked_fill_(fill, self.fill_value)
         for source in self.labels:
-            lab = next(lab for lab in layout.labels if lab.source == source)
+            lab = layout.label(source)
             out[f"label_{source}"] = batch[f"label_{source}"].to(torch.int64)
             multi = batch[f"multilabel_{source}"]
             values = multi.to(torch.float32)
@@ -741,7 +741,7 @@ class TileDataset(Dataset[Sample]):
         for name in self.sensors:
             self._read_sensor(reader, layout.sensor(name), position, sample)
         for source in self.labels:
-            lab = next(lab for lab in layout.labels if lab.source == source)
+            lab = layout.label(source)
             raster = reader.read(label_path(source), position)
             multi = reader.read(multilabel_path(source), position)
             if not self.physical:
@@ -792,7 +792,7 @@ class TileDataset(Dataset[Sample]):
         for name in self.sensors:
             self._read_sensor_batch(reader, layout.sensor(name), positions, batch)
         for source in self.labels:
-            lab = next(lab for lab in layout.labels if lab.source == source)
+            lab = layout.label(source)
             self._read_rows(reader, label_path(source), positions, batch[f"label_{source}"].numpy())
             if not self.physical:
                 multi_out = batch[f"multilabel_{source}"].numpy()

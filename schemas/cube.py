@@ -664,6 +664,20 @@ class CubeLayout:
             f"the cube has no sensor {name!r}", fix=f"use one of {[s.name for s in self.sensors]}"
         )
 
+    def label(self, source: str) -> LabelLayout:
+        """The label parameters of source ``source`` (e.g. ``"corine"``).
+
+        Raises:
+            NotFoundError: The cube has no labels from that source.
+        """
+        for lab in self.labels:
+            if lab.source == source:
+                return lab
+        raise NotFoundError(
+            f"the cube has no labels {source!r}",
+            fix=f"use one of {[lab.source for lab in self.labels]}",
+        )
+
     @property
     def groups(self) -> tuple[str, ...]:
         """Group names in order: sensors, ``labels`` (if any), ``tiles``."""

@@ -164,6 +164,9 @@ def test_lookups_and_shard_positions() -> None:
     with pytest.raises(NotFoundError, match="no array 'sentinel-2-l2a/nope'"):
         layout.array("sentinel-2-l2a/nope")
     assert layout.sensor("landsat-c2-l2") == LANDSAT
+    assert layout.label("corine") == CORINE
+    with pytest.raises(NotFoundError, match="no labels 'osm'"):
+        layout.label("osm")
     assert layout.shard_positions(3) == range(12, 16)
     assert [layout.first_free_shard(n) for n in (0, 1, 4, 5, 8)] == [0, 1, 1, 2, 2]
     assert layout.group_attrs("landsat-c2-l2")["pixels_per_tile"] == 40
