@@ -345,13 +345,14 @@ def _read_rows_worker(job: tuple[str, str, int, list[list[int]]]) -> int:
     if state is None:
         reader = open_arrays(cube)
         shape, dtype = tuple(reader.shape(path)[1:]), reader.dtype(path)
-        count = batch * math.prod(shape)
-        ring = BatchRing(4, count * dtype.itemsize)  # the same memfd slots a worker decodes into
+        nbytes = batch * math.prod(shape) * dtype.itemsize
+        ring = BatchRing(4, nbytes)  # the same memfd slots a worker decodes into
+        # Held for good: the views keep every slot acquired (nobody else uses this ring).
+        leases = [ring.acquire(nbytes) for _ in range(4)]
         slots = [
-            np.frombuffer(ring.map, dtype, count, ring.header + k * ring.slot_bytes).reshape(
-                batch, *shape
-            )
-            for k in range(4)
+            lease[1].numpy().view(dtype).reshape(batch, *shape)
+            for lease in leases
+            if lease is not None
         ]
         for slot in slots:
             slot.fill(0)  # pages faulted once, as in a worker's steady state
@@ -623,11 +624,9 @@ def _cube_cases(
         (4, ring, BATCH, False),
         (4, ring, BATCH, True),
     ]
-    sizes = [BATCH]
     if positions.size >= 8 * WORKERS * 4 * BATCH:  # enough batches of 64 to keep workers busy
         slab_cases += [(4, ring, 4 * BATCH, False), (4, ring, 4 * BATCH, True)]
-        sizes.append(4 * BATCH)
-    for size in sizes:
+    for size in sorted({batch for _, _, batch, _ in slab_cases}):
         results.append(_read_rows_alone(tag, cube, paths[0], positions.size, size, repeats, epochs))
     for slots, what, batch, direct in slab_cases:
         results.append(
