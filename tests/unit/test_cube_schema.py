@@ -164,7 +164,9 @@ def test_lookups_and_shard_positions() -> None:
     with pytest.raises(NotFoundError, match="no array 'sentinel-2-l2a/nope'"):
         layout.array("sentinel-2-l2a/nope")
     assert layout.sensor("landsat-c2-l2") == LANDSAT
-    assert layout.label("corine") == CORINE
+    corine = layout.label("corine")  # CORINE with the grid's resolution filled in
+    assert (corine.source, corine.class_names) == (CORINE.source, CORINE.class_names)
+    assert corine.resolution_m == 10.0
     with pytest.raises(NotFoundError, match="no labels 'osm'"):
         layout.label("osm")
     assert layout.shard_positions(3) == range(12, 16)
