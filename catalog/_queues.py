@@ -23,6 +23,8 @@ status-check interval (5 s). Batches of a ``TileDataset`` with batch buffers are
 
 from __future__ import annotations
 
+import errno
+import logging
 import multiprocessing
 import os
 import queue
@@ -33,6 +35,8 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 __all__ = ["DirectQueue", "loader_context"]
+
+logger = logging.getLogger(__name__)
 
 
 class DirectQueue:
@@ -63,13 +67,23 @@ class DirectQueue:
         """Pickle ``obj`` and write it to the pipe now.
 
         ``block`` and ``timeout`` are accepted for compatibility: the queue is unbounded, as a
-        DataLoader's queues are.
+        DataLoader's queues are. As with ``multiprocessing.Queue``, a message for a pipe that
+        is gone (EPIPE, or this process's descriptor already finalized) is dropped, not raised.
         """
         if self._closed:
             raise ValueError(f"{self!r} is closed")
         data = ForkingPickler.dumps(obj)
-        with self._wlock:
-            self._writer.send_bytes(data)
+        try:
+            with self._wlock:
+                self._writer.send_bytes(data)
+        except OSError as err:
+            # A pipe nobody can read any more drops the message, as multiprocessing.Queue's
+            # feeder thread does. This happens in a DataLoader iterator's __del__ when the
+            # garbage collector finalized this queue's Connection first (its __del__ closes
+            # the descriptor): the shutdown sentinels then meet EBADF.
+            if err.errno not in (errno.EPIPE, errno.EBADF):
+                raise
+            logger.debug("%r: message dropped, the pipe is closed (%s)", self, err)
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj)``."""

@@ -67,6 +67,18 @@ def test_get_times_out_with_empty_and_closed_queue_refuses() -> None:
         q.get(timeout=1)
 
 
+def test_put_after_the_pipe_was_finalized_drops_the_message() -> None:
+    """The garbage collector may finalize the queue's Connection before a DataLoader iterator
+    whose ``__del__`` puts shutdown sentinels: that put meets EBADF and must not raise."""
+    q = loader_context("fork").Queue()
+    os.close(q._writer.fileno())  # what the Connection's __del__ does: the handle stays set
+    try:
+        q.put(None)
+        q.put_nowait(None)
+    finally:
+        q._writer._handle = None  # closed already: its own __del__ must not close it again
+
+
 def test_reader_waiting_in_a_thread_gets_what_another_process_puts() -> None:
     ctx = loader_context("fork")
     q = ctx.Queue()
