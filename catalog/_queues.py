@@ -120,14 +120,20 @@ class DirectQueue:
 
     def empty(self) -> bool:
         """Whether nothing is waiting in the pipe (a snapshot, as ``multiprocessing.Queue``'s)."""
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
         return not self._reader.poll()
 
     def close(self) -> None:
-        """This process will neither put nor get any more: close its ends of the pipe."""
+        """This process will neither put nor get any more: let go of its ends of the pipe.
+
+        Each ``Connection`` closes its descriptor when it is collected, once. Closing them here
+        could close a descriptor twice: a DataLoader iterator's ``__del__`` calls ``close``
+        after the garbage collector may already have finalized them (see :meth:`put`).
+        """
         if not self._closed:
             self._closed = True
-            self._reader.close()
-            self._writer.close()
+            del self._reader, self._writer
 
     def cancel_join_thread(self) -> None:
         """Nothing to do: there is no feeder thread to wait for."""
