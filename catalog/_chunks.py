@@ -128,12 +128,24 @@ class _Meta:
 
 @dataclass(frozen=True, slots=True)
 class _Piece:
-    """One chunk of a tile's slab, for arrays whose chunks hold one tile each (``read_rows``)."""
+    """One chunk of a tile's slab, for arrays whose chunks hold one tile each (``read_rows``).
+
+    The chunk of tile ``p`` is stored at key ``head + str(p // tiles_per_shard) + tail``, entry
+    ``(p % tiles_per_shard) * stride + flat`` of that shard's index (sharded arrays), and
+    decodes into bytes ``[start, start + chunk_nbytes)`` of the tile's C-ordered slab.
+    """
 
     #: Where the chunk goes in the slab (``()``: the whole slab).
     sel: tuple[slice, ...]
     #: Chunk coordinates after the tile axis.
     rest: tuple[int, ...]
+    #: The chunk's first byte in the tile's slab.
+    start: int
+    #: Store key of the chunk's shard (or chunk) before and after its tile-axis coordinate.
+    head: str
+    tail: str
+    #: The chunk's entry in its shard's index, less the tile axis' part.
+    flat: int
 
 
 def _direct_pieces(meta: _Meta) -> list[_Piece] | None:
@@ -151,10 +163,25 @@ def _direct_pieces(meta: _Meta) -> list[_Piece] | None:
     last_split = max((i for i, v in enumerate(split) if v), default=-1)
     if not all(c == 1 for c in inner[1 : 1 + max(last_split, 0)]):
         return None
+    cpo = meta.chunks_per_outer
     pieces = []
     for rest in np.ndindex(*(s // c for s, c in zip(slab, inner[1:], strict=True))):
         sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(rest, inner[1:], strict=True))
-        pieces.append(_Piece(sel=() if not any(split) else sel, rest=tuple(int(r) for r in rest)))
+        first = tuple(s.start for s in sel)
+        start = int(np.ravel_multi_index(first, slab)) * meta.dtype.itemsize if slab else 0
+        flat = 0
+        for c, n in zip(rest, cpo[1:], strict=True):
+            flat = flat * n + c % n
+        pieces.append(
+            _Piece(
+                sel=() if not any(split) else sel,
+                rest=tuple(int(r) for r in rest),
+                start=start,
+                head=f"{meta.path}/{meta.key_prefix}",
+                tail="".join(f"{meta.key_sep}{c // n}" for c, n in zip(rest, cpo[1:], strict=True)),
+                flat=flat,
+            )
+        )
     return pieces
 
 
@@ -409,7 +436,8 @@ class ArrayReader:
         self._pid = os.getpid()
         self._store: _Store | None = None
         self._meta: dict[str, _Meta] = {}
-        self._index: OrderedDict[str, npt.NDArray[np.uint64] | None] = OrderedDict()
+        # shard key -> (its index, the same flattened as a memoryview of native uint64); LRU
+        self._index: OrderedDict[str, tuple[npt.NDArray[np.uint64], memoryview]] = OrderedDict()
         self._buf = bytearray(1 << 16)
         # path -> pieces of a one-tile-per-chunk slab (None: read() handles the array)
         self._pieces: dict[str, list[_Piece] | None] = {}
@@ -484,9 +512,10 @@ class ArrayReader:
 
     def _shard_index(self, meta: _Meta, key: str) -> npt.NDArray[np.uint64] | None:
         """``(n_chunks, 2)`` offsets and lengths of the shard at ``key``; ``None`` if absent."""
-        if key in self._index:
+        found = self._index.get(key)
+        if found is not None:
             self._index.move_to_end(key)
-            return self._index[key]
+            return found[0]
         store = self._get_store()
         n_chunks = math.prod(meta.chunks_per_outer)
         nbytes = 16 * n_chunks + (4 if meta.index_crc else 0)
@@ -510,7 +539,8 @@ class ArrayReader:
                     fix="rebuild the shard",
                 )
         index = np.frombuffer(raw, dtype="<u8", count=2 * n_chunks).reshape(n_chunks, 2)
-        self._index[key] = index
+        spans = np.ascontiguousarray(index, dtype=np.uint64).reshape(-1).data
+        self._index[key] = (index, spans)
         if len(self._index) > _INDEX_CACHE:
             self._index.popitem(last=False)
         return index
@@ -626,12 +656,7 @@ class ArrayReader:
         pieces = self._pieces[path]
         if pieces is not None:
             # One tile per chunk, each chunk one contiguous block of the slab: decode in place.
-            for row, p in enumerate(rows):
-                dst = out[row]
-                for piece in pieces:
-                    dest = dst[piece.sel] if piece.sel else dst
-                    if not self._decode_chunk(meta, (p, *piece.rest), dest):
-                        dest[...] = meta.fill_value
+            self._read_direct(meta, pieces, rows, out)
             return out
         inner = meta.inner
         if inner[0] > 1 and tuple(inner[1:]) == tuple(slab):
@@ -652,6 +677,56 @@ class ArrayReader:
         for row, p in enumerate(rows):
             self._read_through_chunks(meta, p, out[row])
         return out
+
+    def _read_direct(
+        self, meta: _Meta, pieces: Sequence[_Piece], rows: Sequence[int], out: npt.NDArray[Any]
+    ) -> None:
+        """``out[i] = array[rows[i]]`` for arrays whose chunks are one tile each (``pieces``).
+
+        The hot loop of :meth:`read_rows`: per chunk one shard-index lookup (flattened, cached),
+        one ``pread`` into the reused buffer and one decode straight into the chunk's bytes of
+        ``out``; everything else is precomputed in ``pieces``.
+        """
+        store = self._get_store()
+        decode = meta.decoder
+        size = meta.chunk_nbytes
+        cpo = meta.chunks_per_outer
+        per_shard, stride = (cpo[0], math.prod(cpo[1:])) if meta.sharded else (1, 0)
+        flat_out = out.reshape(len(rows), -1).view(np.uint8)
+        for row, p in enumerate(rows):
+            shard, within = divmod(p, per_shard)
+            dst = flat_out[row]
+            for piece in pieces:
+                key = f"{piece.head}{shard}{piece.tail}"
+                if meta.sharded:
+                    spans = self._index.get(key)
+                    if spans is not None:
+                        self._index.move_to_end(key)
+                        index = spans[1]
+                    elif self._shard_index(meta, key) is not None:
+                        index = self._index[key][1]
+                    else:
+                        index = None
+                    j = 2 * (within * stride + piece.flat)
+                    if index is None or (index[j] == _EMPTY and index[j + 1] == _EMPTY):
+                        out[row][piece.sel] = meta.fill_value
+                        continue
+                    offset, nbytes = index[j], index[j + 1]
+                else:
+                    found = store.size(key)
+                    if found is None:
+                        out[row][piece.sel] = meta.fill_value
+                        continue
+                    offset, nbytes = 0, found
+                if len(self._buf) < nbytes:
+                    self._buf = bytearray(max(nbytes, 2 * len(self._buf)))
+                src = store.read_range(key, offset, nbytes, self._buf)
+                if src is None:
+                    out[row][piece.sel] = meta.fill_value
+                    continue
+                decode(src, dst[piece.start : piece.start + size])
+            if meta.big_endian:
+                out[row].byteswap(inplace=True)
 
     def _read_through_chunks(self, meta: _Meta, position: int, out: npt.NDArray[Any]) -> None:
         """``out[...] = array[position]`` from whole decoded chunks (partial or multi-tile)."""

@@ -99,6 +99,8 @@ def _cube(root: Path, codec: CodecSpec) -> list[str]:
     # Chunks that split y, and bands with a partial last chunk (the scratch-buffer path).
     _make(root, "split/y", (n, 1, 3, 8, 8), (1, 1, 3, 4, 8), (4, 1, 3, 8, 8), "int16", -1, codec)
     _make(root, "split/band", (n, 3, 8, 8), (1, 2, 8, 8), (4, 4, 8, 8), "float32", np.nan, codec)
+    # Unsharded, one tile per chunk file (read_rows' direct path without a shard index).
+    _make(root, "plain/data", (n, 3, 8, 8), (1, 3, 8, 8), None, "uint16", 7, codec)
     # Unsharded per-tile arrays, several tiles per chunk.
     _make(root, "tiles/epsg", (n,), (4,), None, "int32", 0, codec)
     _make(root, "tiles/transform", (n, 6), (4, 6), None, "float64", np.nan, codec)
@@ -112,6 +114,7 @@ def _cube(root: Path, codec: CodecSpec) -> list[str]:
         "series/data",
         "split/y",
         "split/band",
+        "plain/data",
         "tiles/epsg",
         "tiles/transform",
         "tiles/id",
