@@ -9,11 +9,13 @@ so this reader does only the necessary work:
 1. parse each array's ``zarr.json`` once (shape, chunk and shard shape, codecs);
 2. read each shard's index once and keep it in a bounded per-process LRU;
 3. read exactly the chunk's byte range (``os.preadv`` into a reused buffer on a cached file
-   descriptor for local cubes; an fsspec range request for remote ones);
+   descriptor, up to a quarter of the process's descriptor limit, for local cubes; an fsspec
+   range request for remote ones);
 4. decode with numcodecs' Blosc or Zstd straight into the caller's output array when a chunk
    is one tile's contiguous block; chunks holding several tiles (``tiles/*``, datetimes,
    multi-labels) or cut at an edge are decoded whole into a per-reader LRU bounded by
-   ``_SMALL_CACHE_BYTES`` and copied from there.
+   ``_SMALL_CACHE_BYTES`` and copied from there; such an array that is small and fully
+   written is decoded whole once, and a batch of it is one ``np.take``.
 
 Supported encodings: the ``regular`` chunk grid, ``default`` or ``v2`` chunk keys, optionally
 ``sharding_indexed`` (index at ``start`` or ``end``, index codecs ``bytes`` + optional
@@ -51,8 +53,8 @@ __all__ = ["ArrayReader", "open_arrays"]
 _EMPTY = 0xFFFF_FFFF_FFFF_FFFF
 #: Shard indexes kept per process (one small ``(n_chunks, 2)`` uint64 array each).
 _INDEX_CACHE = 4096
-#: Open file descriptors kept per process (closed when evicted).
-_FD_CACHE = 256
+#: Open file descriptors a store keeps at most (closed when evicted); see :func:`_fd_cache_size`.
+_FD_CACHE = 4096
 #: Bytes of decoded multi-tile chunks (``tiles/*``, datetimes, multi-labels) kept per reader.
 _SMALL_CACHE_BYTES = 8 << 20
 
@@ -341,6 +343,23 @@ def _parse_string_meta(path: str, doc: dict[str, Any], where: str) -> _Meta:
     )
 
 
+def _fd_cache_size() -> int:
+    """Open files a store keeps: a quarter of the soft descriptor limit, 32 to ``_FD_CACHE``.
+
+    A cube's shards are many small files; a cache smaller than the shards a random batch
+    touches reopens files on every batch (the demo cube has ~330).
+    """
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        return 256
+    if soft == resource.RLIM_INFINITY:
+        return _FD_CACHE
+    return max(32, min(_FD_CACHE, soft // 4))
+
+
 class _Store:
     """Byte ranges of the cube's files: local (pread on cached fds) or fsspec."""
 
@@ -348,6 +367,7 @@ class _Store:
         self.local = "://" not in root or root.startswith("file://")
         self.root = root.removeprefix("file://").rstrip("/") if self.local else root.rstrip("/")
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self._fd_cache = _fd_cache_size()
         self._fs: Any = None
         if not self.local:
             import fsspec  # type: ignore[import-untyped]  # only remote cubes need it
@@ -365,7 +385,7 @@ class _Store:
         except FileNotFoundError:
             return None
         self._fds[key] = fd
-        if len(self._fds) > _FD_CACHE:
+        if len(self._fds) > self._fd_cache:
             os.close(self._fds.popitem(last=False)[1])
         return fd
 
@@ -447,6 +467,8 @@ class ArrayReader:
             OrderedDict()
         )
         self._small_bytes = 0
+        # multi-tile-chunk arrays not cached whole (too large, or a chunk never written)
+        self._not_whole: set[str] = set()
 
     # Pickling: only the URI and options travel; a copy opens its own files lazily.
     def __getstate__(self) -> dict[str, Any]:
@@ -660,6 +682,10 @@ class ArrayReader:
             return out
         inner = meta.inner
         if inner[0] > 1 and tuple(inner[1:]) == tuple(slab):
+            whole = self._whole(meta)
+            if whole is not None:  # small and complete: one gather
+                np.take(whole, rows, axis=0, out=out)
+                return out
             # One chunk holds several whole tiles: decode each chunk the batch needs once.
             groups: dict[int, list[tuple[int, int]]] = {}
             for row, p in enumerate(rows):
@@ -743,6 +769,42 @@ class ArrayReader:
             else:
                 part: tuple[int | slice, ...] = (o0, *(slice(0, s.stop - s.start) for s in sel))
                 out[sel] = chunk[part]
+
+    def _whole(self, meta: _Meta) -> npt.NDArray[Any] | None:
+        """The whole multi-tile-chunk array ``meta``, decoded once and cached; or ``None``.
+
+        Per-tile arrays of a few bytes (``tiles/*``, datetimes, multi-labels) are read for
+        every batch; when the whole array is small (at most an eighth of
+        ``_SMALL_CACHE_BYTES``) a batch is then one ``np.take``. It shares the small-chunk LRU
+        (key ``(path, ())``). Arrays with a chunk that was never written are not cached whole
+        (``None`` for this reader's lifetime): they are read chunk by chunk, so a later build's
+        chunks are seen as with the chunk cache.
+        """
+        key: tuple[str, tuple[int, ...]] = (meta.path, ())
+        if key in self._small:
+            self._small.move_to_end(key)
+            return self._small[key]
+        if meta.path in self._not_whole:
+            return None
+        rows_per_chunk = meta.inner[0]
+        whole = np.empty(meta.shape, dtype=meta.dtype)
+        if _cost(whole) > _SMALL_CACHE_BYTES // 8:
+            self._not_whole.add(meta.path)
+            return None
+        chunk = np.empty(meta.inner, dtype=meta.dtype)
+        rest = (0,) * (len(meta.shape) - 1)
+        for c0 in range(-(-meta.shape[0] // rows_per_chunk)):
+            if not self._decode_chunk(meta, (c0, *rest), chunk):
+                self._not_whole.add(meta.path)
+                return None
+            start = c0 * rows_per_chunk
+            stop = min(start + rows_per_chunk, meta.shape[0])
+            whole[start:stop] = chunk[: stop - start]
+        self._small[key] = whole
+        self._small_bytes += _cost(whole)
+        while self._small_bytes > _SMALL_CACHE_BYTES and self._small:
+            self._small_bytes -= _cost(self._small.popitem(last=False)[1])
+        return whole
 
     def _small_chunk(self, meta: _Meta, coords: tuple[int, ...]) -> npt.NDArray[Any] | None:
         """The decoded whole chunk ``coords`` (``None``: never written), cached.

@@ -58,6 +58,7 @@ def _make(
     dtype: Any,
     fill: Any,
     codec: CodecSpec,
+    full: bool = False,
     **kwargs: Any,
 ) -> zarr.Array[Any]:
     arr = zarr.create_array(
@@ -72,7 +73,11 @@ def _make(
         attributes={"long_name": name},
         **kwargs,
     )
-    _fill_some(arr, np.random.default_rng(len(name)))
+    rng = np.random.default_rng(len(name))
+    if full:  # every chunk written (read_rows then gathers from the whole decoded array)
+        arr[...] = _values(rng, arr.shape, "str" if dtype == "str" else str(arr.dtype))
+    else:
+        _fill_some(arr, rng)
     return arr
 
 
@@ -104,6 +109,9 @@ def _cube(root: Path, codec: CodecSpec) -> list[str]:
     # Unsharded per-tile arrays, several tiles per chunk.
     _make(root, "tiles/epsg", (n,), (4,), None, "int32", 0, codec)
     _make(root, "tiles/transform", (n, 6), (4, 6), None, "float64", np.nan, codec)
+    # Fully written multi-tile-chunk arrays, numeric and strings.
+    _make(root, "full/time", (n, 2), (4, 2), None, "int64", -1, codec, full=True)
+    _make(root, "full/id", (n,), (4,), None, "str", "", codec, full=True)
     # Variable-length strings (tiles/id, <sensor>/source_items); zarr adds vlen-utf8 itself.
     _make(root, "tiles/id", (n,), (4,), None, "str", "", codec)
     _make(root, "s2/source_items", (n, 2), (4, 1), None, "str", "", codec)
@@ -119,6 +127,8 @@ def _cube(root: Path, codec: CodecSpec) -> list[str]:
         "tiles/transform",
         "tiles/id",
         "s2/source_items",
+        "full/time",
+        "full/id",
     ]
 
 
@@ -282,6 +292,30 @@ def _tile_arrays(group: zarr.Group) -> list[tuple[str, zarr.Array[Any]]]:
         if isinstance(node, zarr.Array) and node.ndim >= 1:
             found.append((name, node))
     return found
+
+
+def test_small_complete_arrays_are_cached_whole_and_partial_ones_are_not(
+    cube: tuple[Path, list[str]],
+) -> None:
+    """A fully written multi-tile-chunk array is decoded once and gathered from; an array with
+    a never-written chunk is read chunk by chunk, so chunks written later are seen."""
+    root, _ = cube
+    reader = open_arrays(str(root))
+    out = np.empty((3, 2), dtype=np.int64)
+    reader.read_rows("full/time", [14, 0, 14], out)
+    np.testing.assert_array_equal(out, zarr.open_array(str(root / "full/time"))[[14, 0, 14]])
+    assert ("full/time", ()) in reader._small
+    ids = np.empty(2, dtype=np.dtypes.StringDType())
+    reader.read_rows("full/id", [3, 1], ids)
+    assert ("full/id", ()) in reader._small
+
+    epsg = np.empty(1, dtype=np.int32)
+    reader.read_rows("tiles/epsg", [13], epsg)  # chunk 3 (positions 12-14) was never written
+    assert epsg[0] == 0 and ("tiles/epsg", ()) not in reader._small
+    zarr.open_array(str(root / "tiles/epsg"), mode="r+")[12:15] = 32633
+    reader._small.clear()  # as after an eviction
+    reader.read_rows("tiles/epsg", [13], epsg)
+    assert epsg[0] == 32633
 
 
 def test_multi_tile_chunk_cache_is_bounded(
