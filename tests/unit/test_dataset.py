@@ -524,16 +524,24 @@ def test_batch_ring_slot_is_released_when_the_last_view_dies() -> None:
     slot, buffer = ring.acquire(64)  # type: ignore[misc]
     values = buffer[:32].view(torch.int32).view(2, 4)
     values.copy_(torch.arange(8, dtype=torch.int32).view(2, 4))
-    sent = pickle.dumps(LeasedBatch({"x": values, "name": ["a", "b"]}, ring, slot, buffer))
-    del values, buffer
+    halves = buffer[32:40].view(torch.bfloat16)  # no numpy dtype: rebuilt as a torch view
+    halves.copy_(torch.tensor([0.5, 1.5, -2.0, 3.0], dtype=torch.bfloat16))
+    batch = {"x": values, "name": ["a", "b"], "h": halves}
+    sent = pickle.dumps(LeasedBatch(batch, ring, slot, buffer))
+    del values, halves, buffer, batch
     got = pickle.loads(sent)  # what the main process rebuilds: views of the worker's buffer
+    assert list(got) == ["x", "name", "h"]
     assert got["name"] == ["a", "b"] and got["x"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert got["h"].dtype == torch.bfloat16 and got["h"].tolist() == [0.5, 1.5, -2.0, 3.0]
     assert ring.held() == 1
     other = ring.acquire(64)
     assert other is not None and other[0] != slot and ring.acquire(64) is None
     keep = got["x"][1].numpy()  # a view of a view still holds the slot
+    keep_h = got["h"][1:]
     del got, other
     assert ring.held() == 1 and ring.acquire(64) is not None
     del keep
+    assert ring.held() == 1  # the bfloat16 view still holds it
+    del keep_h
     assert ring.held() == 0
     assert ring.acquire(10_000) is None  # larger than a slot: the caller falls back
