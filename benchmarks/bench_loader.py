@@ -29,8 +29,10 @@ Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
    ``read_rows <cube>``: the loader minus the DataLoader: ``ArrayReader.read_rows`` of the
    same shuffled batches into 4 reused memfd batch buffers per process, on 2 processes.
 4. ``DataLoader(num_workers=2) alone``: batches/s and CPU per batch (main process + workers)
-   over a dataset whose batches cost nothing: the fixed cost of the DataLoader's queues,
-   pickling and threads, which on 2 cores bounds the loader/ceiling ratio of small batches.
+   over a dataset whose batches cost nothing to fill (a leased ring slot, as TileDataset
+   sends), with the default context and with :func:`catalog.loader_context`: the fixed cost
+   of the DataLoader's queues, pickling and threads, which on 2 cores bounds the
+   loader/ceiling ratio of small batches.
 5. ``torchgeo gen``: the same tiles as one GeoTIFF each (deflate, 256 x 256 blocks), read with
    TorchGeo's ``RasterDataset`` + ``RandomGeoSampler(size=120)`` in the same DataLoader setup,
    in a separate venv (torchvision does not install beside this project's torch) run as a
@@ -735,10 +737,19 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
 
 
 class EmptyBatches:
-    """A dataset whose batches cost nothing: what the DataLoader itself costs per batch."""
+    """Batches that cost nothing to fill: what the DataLoader itself costs per batch.
+
+    Each batch is what a :class:`catalog.dataset.TileDataset` worker sends: a small tensor in
+    a slot of the worker's :class:`catalog._ring.BatchRing`, pickled as a lease and rebuilt
+    by the main process as a view of the slot (no shared-memory segment per batch).
+    """
 
     def __init__(self, n: int) -> None:
         self.n = n
+        self._ring: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"n": self.n, "_ring": None}
 
     def __len__(self) -> int:
         return self.n
@@ -746,12 +757,20 @@ class EmptyBatches:
     def __getitems__(self, indexes: list[int]) -> Any:
         import torch
 
-        return {"x": torch.zeros(1)}
+        from catalog._ring import BatchRing, LeasedBatch
+        from catalog.dataset import _alloc_batch, _batch_layout
+
+        plan = [("index", (), torch.int64)]
+        if self._ring is None:
+            self._ring = BatchRing(4, _batch_layout(plan, len(indexes))[1])
+        batch, lease = _alloc_batch(plan, len(indexes), self._ring)
+        batch["index"].numpy()[:] = indexes
+        return batch if lease is None else LeasedBatch(batch, *lease)
 
 
-def _dataloader_overhead(n_batches: int, repeats: int) -> Measurement:
+def _dataloader_overhead(n_batches: int, repeats: int, direct: bool) -> Measurement:
     """Batches/s of ``DataLoader(num_workers=2)`` over :class:`EmptyBatches`, and CPU per batch."""
-    loader = _loader(EmptyBatches(n_batches * BATCH), "fork")
+    loader = _loader(EmptyBatches(n_batches * BATCH), "fork", direct=direct)
     cpu: list[float] = []
 
     def epoch() -> None:
@@ -765,7 +784,8 @@ def _dataloader_overhead(n_batches: int, repeats: int) -> Measurement:
     med = time_median(epoch, repeats=repeats, warmup=1)
     return Measurement(
         NAME,
-        f"DataLoader(num_workers=2) alone: empty batches of {BATCH}",
+        f"DataLoader(num_workers=2) alone: leased batches of {BATCH} that cost nothing to fill"
+        + (", loader_context" if direct else ""),
         None,
         med,
         repeats,
@@ -797,7 +817,10 @@ def run(quick: bool = False) -> list[Measurement]:
     """Readers, loaders, ceiling and TorchGeo on the demo and the generated cube."""
     repeats = 1 if quick else 3
     n_gen = 384 if quick else 2000
-    results: list[Measurement] = [_dataloader_overhead(500 if quick else 2000, max(repeats, 3))]
+    results: list[Measurement] = [
+        _dataloader_overhead(500 if quick else 2000, max(repeats, 3), direct)
+        for direct in (False, True)
+    ]
     if (DEMO / "zarr.json").exists():
         path = "sentinel-2-l2a/data"
         positions = np.arange(open_arrays(str(DEMO)).shape(path)[0], dtype=np.int64)
