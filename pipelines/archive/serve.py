@@ -142,6 +142,90 @@ def serve_range(
         child.stop()
 
 
+#: Prefix of the temporary folders an :class:`ArchiveServer` stages STAC files and logs in.
+WORKDIR_PREFIX = "eoforge-serve-"
+#: The file naming a workdir's owner process: ``{"pid": ..., "start": ..., "ns": ...}``.
+_OWNER_FILE = "owner.json"
+
+
+def _process_start(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, from /proc); ``None`` where unknown.
+
+    Returns ``"zombie"`` for a process that has exited but was not reaped yet.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return "zombie" if fields[0] == "Z" else fields[19]
+
+
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (Linux); ``None`` where unknown.
+
+    Pids are only judged where they mean the same process (containers may share a temporary
+    folder).
+    """
+    try:
+        return str(Path("/proc/self/ns/pid").readlink())
+    except OSError:
+        return None
+
+
+def _owner_alive(pid: int, start: str | None) -> bool:
+    """Whether the process that created a workdir (``pid`` started at ``start``) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process with that pid: not ours to judge
+    now = _process_start(pid)
+    if now == "zombie":
+        return False
+    return start is None or now is None or now == start  # a reused pid started later
+
+
+def new_workdir() -> Path:
+    """A new temporary folder for an :class:`ArchiveServer`, with its owner recorded.
+
+    First removes the folders whose owner process is gone (:func:`remove_stale_workdirs`): a
+    build or ``eoforge archive serve`` killed with SIGKILL cannot remove its own.
+    """
+    remove_stale_workdirs()
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+    owner = {"pid": os.getpid(), "start": _process_start(os.getpid()), "ns": _pid_namespace()}
+    (workdir / _OWNER_FILE).write_text(json.dumps(owner))
+    return workdir
+
+
+def remove_stale_workdirs(parent: Path | None = None) -> list[Path]:
+    """Remove this user's server workdirs whose owner process has exited; returns them.
+
+    Only folders named ``eoforge-serve-*`` in ``parent`` (the system temporary folder) that
+    carry an owner file are considered; a folder being created (no owner file yet), another
+    user's, one made in another PID namespace, or one whose owner runs is left alone.
+    """
+    root = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    removed: list[Path] = []
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    namespace = _pid_namespace()
+    for folder in root.glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            if uid is not None and folder.stat().st_uid != uid:
+                continue
+            owner = json.loads((folder / _OWNER_FILE).read_text())
+            pid, start = int(owner["pid"]), owner.get("start")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if owner.get("ns") != namespace or _owner_alive(pid, start):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.debug("removed %s, left by process %d", folder, pid)
+        removed.append(folder)
+    return removed
+
+
 @dataclass
 class ArchiveServer:
     """An offline archive served on loopback; a context manager (see :func:`serve_archive`).
@@ -189,7 +273,7 @@ class ArchiveServer:
         check_archive(self.root)
         started = time.monotonic()
         with contextlib.ExitStack() as stack:
-            workdir = Path(tempfile.mkdtemp(prefix="eoforge-serve-"))
+            workdir = new_workdir()
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
             self.workdir = workdir
             self.data_url = stack.enter_context(
@@ -249,7 +333,7 @@ class ArchiveServer:
         """What ``eoforge archive serve --urls-file`` writes.
 
         Both URLs, the backend, and the temporary folder holding the servers' logs (removed when
-        they stop).
+        they stop, or by the next server started after this process was killed).
         """
         return {
             "stac_url": self.stac_url,
