@@ -206,13 +206,15 @@ def remove_stale_workdirs(parent: Path | None = None) -> list[Path]:
     carry an owner file are considered; a folder being created (no owner file yet), another
     user's, one made in another PID namespace, or one whose owner runs is left alone.
     """
+    if os.name != "posix":  # os.kill(pid, 0) is not a liveness probe on Windows
+        return []
     root = Path(parent) if parent is not None else Path(tempfile.gettempdir())
     removed: list[Path] = []
-    uid = os.getuid() if hasattr(os, "getuid") else None
+    uid = os.getuid()
     namespace = _pid_namespace()
     for folder in root.glob(f"{WORKDIR_PREFIX}*"):
         try:
-            if uid is not None and folder.stat().st_uid != uid:
+            if folder.stat().st_uid != uid:
                 continue
             owner = json.loads((folder / _OWNER_FILE).read_text())
             pid, start = int(owner["pid"]), owner.get("start")
