@@ -787,10 +787,13 @@ class ArrayReader:
         if meta.path in self._not_whole:
             return None
         rows_per_chunk = meta.inner[0]
-        whole = np.empty(meta.shape, dtype=meta.dtype)
-        if _cost(whole) > _SMALL_CACHE_BYTES // 8:
+        count = math.prod(meta.shape)
+        if count * (meta.dtype.itemsize + (64 if meta.dtype.kind == "T" else 0)) > (
+            _SMALL_CACHE_BYTES // 8
+        ):  # what _cost would say, without allocating it
             self._not_whole.add(meta.path)
             return None
+        whole = np.empty(meta.shape, dtype=meta.dtype)
         chunk = np.empty(meta.inner, dtype=meta.dtype)
         rest = (0,) * (len(meta.shape) - 1)
         for c0 in range(-(-meta.shape[0] // rows_per_chunk)):

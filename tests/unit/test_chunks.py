@@ -318,6 +318,21 @@ def test_small_complete_arrays_are_cached_whole_and_partial_ones_are_not(
     assert epsg[0] == 32633
 
 
+def test_a_complete_array_too_large_for_the_cache_is_read_by_chunk(
+    cube: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import catalog._chunks as chunks
+
+    root, _ = cube
+    monkeypatch.setattr(chunks, "_SMALL_CACHE_BYTES", 8 * 200)  # whole arrays up to 200 bytes
+    reader = open_arrays(str(root))
+    out = np.empty((2, 2), dtype=np.int64)
+    reader.read_rows("full/time", [13, 2], out)  # 15 x 2 int64 = 240 bytes
+    np.testing.assert_array_equal(out, zarr.open_array(str(root / "full/time"))[[13, 2]])
+    assert ("full/time", ()) not in reader._small and "full/time" in reader._not_whole
+    assert ("full/time", (3, 0)) in reader._small  # the chunk holding position 13
+
+
 def test_multi_tile_chunk_cache_is_bounded(
     cube: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
