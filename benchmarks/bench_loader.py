@@ -3,10 +3,11 @@
 Two cubes, side by side in one run:
 
 * ``demo``: ``build/demo.zarr`` (``make demo``), skipped with a note when absent;
-* ``gen``: a generated cube with the cube's real encoding: ``N`` Sentinel-2-like tiles of
-  (1 time, 10 bands, 120 x 120) int16 reflectance (smooth fields plus noise), chunks of one tile,
-  shards of 64 tiles, Blosc LZ4 bit-shuffle (the default :class:`schemas.cube.CodecSpec`). It is
-  cached under the system temp folder and rebuilt when its parameters change.
+* ``gen``: a generated, complete eoforge cube (written as a build writes, catalog included):
+  ``N`` Sentinel-2-like tiles of (1 time, 10 bands, 120 x 120) int16 reflectance (smooth fields
+  plus noise) with mask and datetimes, a ``corine`` label raster and multi-labels, chunks of one
+  tile, shards of 64 tiles, Blosc LZ4 bit-shuffle (the default :class:`schemas.cube.CodecSpec`).
+  It is cached under the system temp folder and rebuilt when its parameters change.
 
 Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
 
@@ -18,10 +19,11 @@ Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
    minimal map-style dataset of the slab (``SlabDataset``, one sample at a time) with each
    reader; over ``SlabBatchDataset`` (``__getitems__`` decodes the batch straight into one
    tensor: a new shared-memory segment per batch, or a reused slot of the worker's
-   :class:`catalog._ring.BatchRing`); and over :class:`catalog.dataset.TileDataset` on the
-   demo cube (every sensor, mask, label and metadata array of each tile), with float32
-   physical values or the stored values (``physical=False``; the conversion is then
-   ``to_physical`` on the accelerator, timed on this CPU as ``to_physical demo``). Ratio =
+   :class:`catalog._ring.BatchRing`); and over :class:`catalog.dataset.TileDataset` on both
+   cubes (every sensor, mask, label and metadata array of each tile; against the ceiling over
+   all the cube's sharded raster arrays), with float32 physical values (demo) or the stored
+   values (``physical=False``; the conversion is then ``to_physical`` on the accelerator,
+   timed on this CPU as ``to_physical demo``). Ratio =
    loader / ceiling throughput. ``extra`` has MB/s (bytes delivered) and the workers' peak
    and growth of RSS over the epoch.
    ``..., loader_context``: the same with :func:`catalog.loader_context` (the start method's
@@ -66,13 +68,12 @@ import numpy.typing as npt
 from benchmarks._harness import Measurement, time_median
 from benchmarks.bench_codecs import _chunk
 from catalog._chunks import ArrayReader, open_arrays
-from schemas.cube import CodecSpec
 
 NAME = "loader"
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "build" / "demo.zarr"
-GEN_PATH = "s2/data"
+GEN_PATH = "sentinel-2-l2a/data"
 BATCH = 16
 WORKERS = 2
 _TORCHGEO_PYTHONS = (
@@ -392,35 +393,118 @@ def _read_rows_alone(
 # --- the generated cube ---------------------------------------------------------------------
 
 
+#: The generated cube's label classes (its ``labels/corine`` raster holds their indexes).
+GEN_CLASSES = ("forest", "water", "urban", "crop")
+
+
 def _generated_cube(n_tiles: int) -> Path:
-    """``n_tiles`` S2-like tiles in the cube's encoding (module docstring), cached."""
-    import zarr
+    """``n_tiles`` S2-like tiles as a complete eoforge cube (module docstring), cached.
+
+    Written the way a build writes (:func:`pipelines.write.open_or_create_cube`, the catalog
+    through :class:`catalog.writer.CatalogWriter`): ``sentinel-2-l2a`` data (1 time, 10 bands,
+    120 x 120 int16), mask and datetimes, a ``corine`` label raster and multi-labels, the
+    ``tiles/*`` arrays, 64 tiles per shard, blosc-lz4 bit-shuffle; so both the slab cases
+    (``sentinel-2-l2a/data``) and :class:`catalog.dataset.TileDataset` read it.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    import shapely
+
+    from catalog.writer import CatalogWriter
+    from pipelines.grid import Tile
+    from pipelines.write import open_or_create_cube
+    from schemas.cube import CubeLayout, LabelLayout, MaskBit, SensorLayout
+    from schemas.tile import SensorObservation, TileRecord
 
     root = Path(tempfile.gettempdir()) / f"eoforge-bench-loader-{n_tiles}.zarr"
-    marker = root / "complete-v1"
+    marker = root / "complete-v2"
     if marker.exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    zarr.open_group(str(root), mode="w", zarr_format=3)
-    k = 64
-    arr = zarr.create_array(
-        str(root),
-        name=GEN_PATH,
-        shape=(n_tiles, 1, 10, 120, 120),
-        chunks=(1, 1, 10, 120, 120),
-        shards=(k, 1, 10, 120, 120),
-        dtype="int16",
-        fill_value=-32768,
-        compressors=CodecSpec().zarr_compressors(),
-    )
+    k, px, tile_m = 64, 120, 1200.0
+    bands = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+    layout = CubeLayout.for_recipe_like(
+        [
+            SensorLayout(
+                GEN_PATH.split("/")[0], bands, 10.0, n_time=1, dtype="int16", nodata=-32768,
+                scale_factor=1e-4, add_offset=-0.1, units="1",
+            )
+        ],
+        tile_size_m=tile_m,
+        tiles_per_shard=k,
+        labels=[LabelLayout("corine", GEN_CLASSES)],
+    )  # fmt: skip
+    group = open_or_create_cube(root, layout, n_tiles_capacity=n_tiles)
     rng = np.random.default_rng(0)
-    bases = [_chunk(rng, bands=10, size=120) for _ in range(16)]
-    for start in range(0, n_tiles, k):
-        stop = min(start + k, n_tiles)
-        block = np.stack(
-            [np.roll(bases[i % 16], i % 37, axis=-1) + (i % 11) for i in range(start, stop)]
-        )[:, None]
-        arr[start:stop] = block
+    bases = [_chunk(rng, bands=len(bands), size=px) for _ in range(16)]
+    start_time = datetime(2024, 6, 1, tzinfo=UTC)
+    tiles = [Tile(32, "N", 4000 + i % 50, 50000 + i // 50, tile_m) for i in range(n_tiles)]
+    writer = CatalogWriter(root)
+    yy, xx = np.mgrid[0:px, 0:px]
+    for first in range(0, n_tiles, k):
+        rows = range(first, min(first + k, n_tiles))
+        data = np.stack([np.roll(bases[i % 16], i % 37, axis=-1) + (i % 11) for i in rows])
+        group[GEN_PATH][first : rows.stop] = data[:, None]
+        mask = np.full((len(rows), 1, px, px), int(MaskBit.VALID), dtype=np.uint8)
+        mask[:, :, : px // 8] = int(MaskBit.CLOUD)  # a cloudy band along the top
+        group[GEN_PATH.replace("/data", "/mask")][first : rows.stop] = mask
+        when = [start_time + timedelta(days=i % 30) for i in rows]
+        stamps = np.array([[np.datetime64(w.replace(tzinfo=None), "ns")] for w in when])
+        group[GEN_PATH.replace("/data", "/datetime")][first : rows.stop] = stamps.astype(np.int64)
+        labels = np.stack(
+            [((xx // (20 + i % 7) + yy // 30 + i) % len(GEN_CLASSES)) for i in rows]
+        ).astype(np.uint8)
+        group["labels/corine"][first : rows.stop] = labels
+        multi = np.zeros((len(rows), len(GEN_CLASSES)), dtype=np.uint8)
+        for j in range(len(rows)):
+            multi[j, np.unique(labels[j])] = 1
+        group["labels/corine_multilabel"][first : rows.stop] = multi
+        records = []
+        for j, i in enumerate(rows):
+            tile = tiles[i]
+            footprint = tile.footprint_wgs84()
+            transform = (10.0, 0.0, tile.bounds[0], 0.0, -10.0, tile.bounds[3])
+            records.append(
+                TileRecord(
+                    tile_id=tile.id,
+                    period_id="2024-06",
+                    period_start=start_time,
+                    period_end=datetime(2024, 7, 1, tzinfo=UTC),
+                    epsg=tile.epsg,
+                    transform=transform,
+                    proj_bbox=tile.bounds,
+                    geometry_wkb=shapely.to_wkb(footprint),
+                    bbox=footprint.bounds,
+                    cube_position=i,
+                    shard_id=f"s{first // k:05d}",
+                    sensors=(
+                        SensorObservation(
+                            sensor=GEN_PATH.split("/")[0],
+                            datetimes=(when[j],),
+                            item_ids=(f"gen-{i}",),
+                            cloud_fraction=0.125,
+                            valid_fraction=0.875,
+                        ),
+                    ),
+                    split="train",
+                    class_fractions={},
+                    multilabels={
+                        "corine": tuple(c for c, m in zip(GEN_CLASSES, multi[j], strict=True) if m)
+                    },
+                )
+            )
+        group["tiles/id"][first : rows.stop] = np.array(
+            [tiles[i].id for i in rows], dtype=np.dtypes.StringDType()
+        )
+        group["tiles/period"][first : rows.stop] = np.array(
+            ["2024-06"] * len(rows), dtype=np.dtypes.StringDType()
+        )
+        group["tiles/epsg"][first : rows.stop] = np.array([r.epsg for r in records], np.int32)
+        group["tiles/transform"][first : rows.stop] = np.array(
+            [r.transform for r in records], dtype=np.float64
+        )
+        writer.commit_shard(f"s{first // k:05d}", records, run_id="bench-gen")
+    writer.finish_run("bench-gen", {"generated": True})
     marker.write_text("ok\n")
     return root
 
@@ -645,25 +729,50 @@ def _cube_cases(
     return results
 
 
-def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
-    """TileDataset on the demo cube: every sensor, mask, label and metadata array of a tile.
+#: TileDataset loader cases: (case, TileDataset options, batch, loader_context).
+_STORED = "TileDataset stored values (physical=False)"
+_TILE_CASES_DEMO: tuple[tuple[str, dict[str, Any], int, bool], ...] = (
+    ("TileDataset float32 (physical)", {}, BATCH, False),
+    (_STORED, {"physical": False}, BATCH, False),
+    (_STORED, {"physical": False}, BATCH, True),
+    (
+        "TileDataset stored values, new shared memory per batch",
+        {"physical": False, "batch_buffers": 0},
+        BATCH,
+        False,
+    ),
+    ("TileDataset float32 (physical)", {}, 4 * BATCH, False),
+    (_STORED, {"physical": False}, 4 * BATCH, False),
+    (_STORED, {"physical": False}, 4 * BATCH, True),
+)
+_TILE_CASES_GEN = tuple(c for c in _TILE_CASES_DEMO if c[0] == _STORED)
 
-    Cases: physical float32 values (the default) and stored values (``physical=False``, the
-    float conversion left to :meth:`~catalog.dataset.TileDataset.to_physical` on the
-    accelerator), both with the workers' reused batch buffers, and stored values with a new
-    shared-memory segment per batch (``batch_buffers=0``). Baseline: the ceiling over the same
-    tiles' chunks of every sharded raster array.
+
+def _tile_dataset_cases(
+    tag: str,
+    cube: str,
+    cases: tuple[tuple[str, dict[str, Any], int, bool], ...],
+    repeats: int,
+    epochs: int,
+    draws: bool,
+) -> list[Measurement]:
+    """TileDataset on ``cube``: every sensor, mask, label and metadata array of a tile.
+
+    Cases (``cases``): physical float32 values (the default) and stored values
+    (``physical=False``, the float conversion left to
+    :meth:`~catalog.dataset.TileDataset.to_physical` on the accelerator), with the workers'
+    reused batch buffers or a new shared-memory segment per batch (``batch_buffers=0``).
+    Baseline: the ceiling over the same tiles' chunks of every sharded raster array. ``draws``:
+    epochs of ``n * epochs`` random draws (a cube of < 100 rows), else ``epochs`` shuffled
+    epochs.
     """
     try:
         import catalog.dataset as dsmod
     except ImportError as err:
         print(f"  loader: TileDataset not importable ({err}); skipped")
         return []
-    from torch.utils.data import default_collate
-
     from schemas.cube import CubeLayout
 
-    cube = str(DEMO)
     reader = open_arrays(cube)
     layout = CubeLayout.from_root_attrs(reader.root_attrs())
     paths = [s.path for s in layout.arrays if s.has_tile_axis and s.shards is not None]
@@ -672,7 +781,7 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
     ranges = _chunk_ranges(cube, paths, positions)
     ceiling = _ceiling(ranges, repeats, epochs)
     decoded = sum(r[3] for r in ranges)
-    base = "ceiling demo, all raster arrays"
+    base = f"ceiling {tag}, all raster arrays"
     results = [
         Measurement(
             NAME,
@@ -685,32 +794,17 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
             extra={"MB_s": round(decoded * epochs / ceiling / 1e6, 1), "arrays": len(paths)},
         )
     ]
-    stored_case = "TileDataset stored values (physical=False)"
-    cases: tuple[tuple[str, dict[str, Any], int, bool], ...] = (
-        ("TileDataset float32 (physical)", {}, BATCH, False),
-        (stored_case, {"physical": False}, BATCH, False),
-        (stored_case, {"physical": False}, BATCH, True),
-        (
-            "TileDataset stored values, new shared memory per batch",
-            {"physical": False, "batch_buffers": 0},
-            BATCH,
-            False,
-        ),
-        ("TileDataset float32 (physical)", {}, 4 * BATCH, False),
-        (stored_case, {"physical": False}, 4 * BATCH, False),
-        (stored_case, {"physical": False}, 4 * BATCH, True),
-    )
     for case, options, batch, direct in cases:
-        # The demo cube has < 100 rows: epochs of n * epochs random draws keep the workers
-        # busy with many batches (the same tiles the ceiling reads, as often).
         m = _loader_case(
-            "demo",
+            tag,
             case,
             dsmod.TileDataset(cube, **options),
             repeats,
-            1,
+            1 if draws else epochs,
             batch=batch,
-            draws=n * epochs,
+            # Random draws keep the workers of a small cube busy with many batches (the same
+            # tiles the ceiling reads, as often).
+            draws=n * epochs if draws else None,
             direct=direct,
         )
         results.append(
@@ -718,22 +812,29 @@ def _tile_dataset_cases(repeats: int, epochs: int) -> list[Measurement]:
                 m.bench, m.case, base, m.median_s, m.repeats, m.unit_count, m.unit, extra=m.extra
             )
         )
-    # to_physical of one stored batch in this (main) process's CPU: what the accelerator does.
+    return results
+
+
+def _to_physical_case(repeats: int) -> Measurement:
+    """``to_physical`` of one stored demo batch on this process's CPU (the accelerator's job)."""
+    from torch.utils.data import default_collate
+
+    import catalog.dataset as dsmod
+
+    cube = str(DEMO)
+    n = len(dsmod.TileDataset(cube))
     stored = dsmod.TileDataset(cube, physical=False)
     batch = default_collate(stored.__getitems__(list(range(min(BATCH, n)))))
     med = time_median(lambda: stored.to_physical(batch), repeats=max(repeats, 5), warmup=1)
-    results.append(
-        Measurement(
-            NAME,
-            "to_physical demo, one batch on the CPU (1 thread of the main process)",
-            None,
-            med,
-            max(repeats, 5),
-            float(min(BATCH, n)),
-            "samples",
-        )
+    return Measurement(
+        NAME,
+        "to_physical demo, one batch on the CPU (1 thread of the main process)",
+        None,
+        med,
+        max(repeats, 5),
+        float(min(BATCH, n)),
+        "samples",
     )
-    return results
 
 
 class EmptyBatches:
@@ -826,7 +927,10 @@ def run(quick: bool = False) -> list[Measurement]:
         positions = np.arange(open_arrays(str(DEMO)).shape(path)[0], dtype=np.int64)
         epochs = max(1, (800 if quick else 4000) // positions.size)
         results += _cube_cases("demo", str(DEMO), [path], positions, max(repeats, 3), epochs)
-        results += _tile_dataset_cases(max(repeats, 2), epochs)
+        results += _tile_dataset_cases(
+            "demo", str(DEMO), _TILE_CASES_DEMO, max(repeats, 2), epochs, draws=True
+        )
+        results.append(_to_physical_case(repeats))
     else:
         print(f"  loader: no demo cube at {DEMO} (make demo); demo cases skipped")
     t0 = time.perf_counter()
@@ -835,6 +939,9 @@ def run(quick: bool = False) -> list[Measurement]:
     positions = np.arange(n_gen, dtype=np.int64)
     gen_epochs = max(1, (1500 if quick else 8000) // n_gen)
     results += _cube_cases("gen", str(gen), [GEN_PATH], positions, repeats, gen_epochs)
+    results += _tile_dataset_cases(
+        "gen", str(gen), _TILE_CASES_GEN, repeats, gen_epochs, draws=False
+    )
     ours = next(m for m in results if m.case == f"loader gen: SlabDataset[_chunks], batch {BATCH}")
     batched = next(
         m
