@@ -47,7 +47,13 @@ from pipelines.lock import cube_lock
 from pipelines.plan import BuildPlan, cube_layout, make_plan
 from pipelines.shard import build_shard
 from pipelines.splits import leakage_report, split_warnings
-from pipelines.write import check_cube_layout, open_or_create_cube, tile_capacity, write_shard
+from pipelines.write import (
+    check_cube_layout,
+    open_or_create_cube,
+    remove_orphaned_partials,
+    tile_capacity,
+    write_shard,
+)
 from schemas.cube import CubeLayout
 from schemas.errors import DEBUG_ENV, EoforgeError, InvalidInputError, TransientError
 from schemas.recipe import Recipe, load_recipe
@@ -354,6 +360,11 @@ def _run_locked(
         summary.tiles = len({t for s in full_plan.shards for t in s.tile_ids})
         # Refuses a cube of another layout before anything is written.
         open_or_create_cube(cube, layout)
+        # A killed run's chunk writes that never reached their rename (the lock is ours and no
+        # worker of this run has started).
+        orphans = remove_orphaned_partials(cube)
+        if orphans:
+            logger.info("removed %d unfinished chunk writes of an earlier run", len(orphans))
         state = cube_state(cube)
         plan, manifest, digests = reconcile(
             full_plan,

@@ -32,6 +32,8 @@ Determinism
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,6 +236,36 @@ def open_or_create_cube(
         return group
     ensure_tile_capacity(group, n_tiles_capacity)
     return group
+
+
+#: zarr's LocalStore writes ``<key>.<uuid4 hex>.partial`` and renames it onto ``<key>``.
+_ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def remove_orphaned_partials(cube: str | Path) -> list[Path]:
+    """Remove the temporary files of chunk writes that never finished; returns them.
+
+    zarr-python writes each chunk or shard to ``<key>.<uuid>.partial`` and renames it onto
+    ``<key>``: a writer killed in between (a SIGKILLed build) leaves the temporary file in the
+    cube. The key itself is either absent or whole, so nothing else needs repair; a resumed
+    build rewrites the key. Call this only while holding the cube's lock
+    (:func:`pipelines.lock.cube_lock`), before any writer of this run starts: another
+    process's write in flight would look the same.
+
+    Args:
+        cube: The cube's directory (local).
+    """
+    removed: list[Path] = []
+    root = Path(cube)
+    if not root.is_dir():
+        return removed
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if _ZARR_PARTIAL.search(name):
+                path = Path(folder) / name
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def tile_capacity(group: zarr.Group) -> int:

@@ -339,3 +339,29 @@ def test_encoded_reflectance_decodes_within_half_a_step(values: list[float]) -> 
     stored = encode_values(phys, S2)
     decoded = stored.astype(np.float64) * 1e-4 - 0.1
     assert np.abs(decoded - phys).max() <= 0.5e-4 + 1e-7
+
+
+def test_remove_orphaned_partials_removes_only_zarrs_temporary_files(tmp_path: Path) -> None:
+    import uuid
+
+    from pipelines.write import remove_orphaned_partials
+
+    cube = tmp_path / "cube.zarr"
+    arr = zarr.create_array(str(cube), name="s2/data", shape=(4, 2), chunks=(1, 2), dtype="int16")
+    arr[:] = 7
+    chunk_dir = cube / "s2" / "data" / "c"
+    orphans = [
+        chunk_dir / f"0.{uuid.uuid4().hex}.partial",
+        cube / "s2" / "data" / f"zarr.json.{uuid.uuid4().hex}.partial",
+    ]
+    for path in orphans:
+        path.write_bytes(b"half")
+    kept = [chunk_dir / "notes.partial", cube / f".{'z' * 32}.partial"]
+    for path in kept:
+        path.write_bytes(b"not zarr's")
+    before = sorted(p for p in cube.rglob("*") if p.is_file() and p not in orphans)
+
+    assert sorted(remove_orphaned_partials(cube)) == sorted(orphans)
+    assert sorted(p for p in cube.rglob("*") if p.is_file()) == before
+    np.testing.assert_array_equal(zarr.open_array(str(cube / "s2/data"))[:], np.full((4, 2), 7))
+    assert remove_orphaned_partials(tmp_path / "absent.zarr") == []
