@@ -187,11 +187,16 @@ def _direct_pieces(meta: _Meta) -> list[_Piece] | None:
     return pieces
 
 
+def _cost_of(count: int, dtype: np.dtype[Any]) -> int:
+    """Bytes ``count`` decoded elements of ``dtype`` hold (strings: a rough 64 more each)."""
+    return count * (dtype.itemsize + (64 if dtype.kind == "T" else 0))
+
+
 def _cost(chunk: npt.NDArray[Any] | None) -> int:
-    """Bytes a cached decoded chunk holds (strings: a rough 64 bytes per element more)."""
+    """Bytes a cached decoded chunk holds (``None``, a never-written chunk: 64)."""
     if chunk is None:
         return 64
-    return int(chunk.nbytes) + (64 * chunk.size if chunk.dtype.kind == "T" else 0)
+    return _cost_of(int(chunk.size), chunk.dtype)
 
 
 def _fill(raw: Any, dtype: np.dtype[Any]) -> Any:
@@ -534,10 +539,21 @@ class ArrayReader:
 
     def _shard_index(self, meta: _Meta, key: str) -> npt.NDArray[np.uint64] | None:
         """``(n_chunks, 2)`` offsets and lengths of the shard at ``key``; ``None`` if absent."""
+        entry = self._shard_entry(meta, key)
+        return None if entry is None else entry[0]
+
+    def _shard_entry(
+        self, meta: _Meta, key: str
+    ) -> tuple[npt.NDArray[np.uint64], memoryview] | None:
+        """The shard at ``key``'s index, read once and cached; ``None`` if the shard is absent.
+
+        The index comes twice: as ``(n_chunks, 2)`` uint64, and flattened as a memoryview whose
+        entry ``2 j`` is chunk ``j``'s offset and ``2 j + 1`` its length (Python ints).
+        """
         found = self._index.get(key)
         if found is not None:
             self._index.move_to_end(key)
-            return found[0]
+            return found
         store = self._get_store()
         n_chunks = math.prod(meta.chunks_per_outer)
         nbytes = 16 * n_chunks + (4 if meta.index_crc else 0)
@@ -561,37 +577,46 @@ class ArrayReader:
                     fix="rebuild the shard",
                 )
         index = np.frombuffer(raw, dtype="<u8", count=2 * n_chunks).reshape(n_chunks, 2)
-        spans = np.ascontiguousarray(index, dtype=np.uint64).reshape(-1).data
-        self._index[key] = (index, spans)
+        entry = (index, np.ascontiguousarray(index, dtype=np.uint64).reshape(-1).data)
+        self._index[key] = entry
         if len(self._index) > _INDEX_CACHE:
             self._index.popitem(last=False)
-        return index
+        return entry
 
-    def _decode_chunk(self, meta: _Meta, coords: tuple[int, ...], dest: npt.NDArray[Any]) -> bool:
-        """Decode chunk ``coords`` into ``dest`` (C-contiguous, chunk-sized); False if empty."""
+    def _chunk_bytes(self, meta: _Meta, key: str, flat: int) -> memoryview | None:
+        """The stored bytes of a chunk, in the reused buffer; ``None`` if never written.
+
+        Sharded arrays: entry ``flat`` of the shard at ``key``; otherwise the chunk file ``key``.
+        """
         store = self._get_store()
         if meta.sharded:
-            cpo = meta.chunks_per_outer
-            outer = tuple(c // n for c, n in zip(coords, cpo, strict=True))
-            key = meta.key(outer)
-            index = self._shard_index(meta, key)
-            if index is None:
-                return False
-            flat = 0
-            for c, n in zip(coords, cpo, strict=True):
-                flat = flat * n + c % n
-            offset, nbytes = (int(v) for v in index[flat])
+            entry = self._shard_entry(meta, key)
+            if entry is None:
+                return None
+            spans = entry[1]
+            offset, nbytes = spans[2 * flat], spans[2 * flat + 1]
             if offset == _EMPTY and nbytes == _EMPTY:
-                return False
+                return None
         else:
-            key = meta.key(coords)
             size = store.size(key)
             if size is None:
-                return False
+                return None
             offset, nbytes = 0, size
         if len(self._buf) < nbytes:
             self._buf = bytearray(max(nbytes, 2 * len(self._buf)))
-        src = store.read_range(key, offset, nbytes, self._buf)
+        return store.read_range(key, offset, nbytes, self._buf)
+
+    def _decode_chunk(self, meta: _Meta, coords: tuple[int, ...], dest: npt.NDArray[Any]) -> bool:
+        """Decode chunk ``coords`` into ``dest`` (C-contiguous, chunk-sized); False if empty."""
+        flat = 0
+        if meta.sharded:
+            cpo = meta.chunks_per_outer
+            key = meta.key(tuple(c // n for c, n in zip(coords, cpo, strict=True)))
+            for c, n in zip(coords, cpo, strict=True):
+                flat = flat * n + c % n
+        else:
+            key = meta.key(coords)
+        src = self._chunk_bytes(meta, key, flat)
         if src is None:
             return False
         meta.decoder(src, dest if meta.dtype.kind == "T" else dest.reshape(-1).view(np.uint8))
@@ -713,7 +738,6 @@ class ArrayReader:
         one ``pread`` into the reused buffer and one decode straight into the chunk's bytes of
         ``out``; everything else is precomputed in ``pieces``.
         """
-        store = self._get_store()
         decode = meta.decoder
         size = meta.chunk_nbytes
         cpo = meta.chunks_per_outer
@@ -724,29 +748,7 @@ class ArrayReader:
             dst = flat_out[row]
             for piece in pieces:
                 key = f"{piece.head}{shard}{piece.tail}"
-                if meta.sharded:
-                    spans = self._index.get(key)
-                    if spans is not None:
-                        self._index.move_to_end(key)
-                        index = spans[1]
-                    elif self._shard_index(meta, key) is not None:
-                        index = self._index[key][1]
-                    else:
-                        index = None
-                    j = 2 * (within * stride + piece.flat)
-                    if index is None or (index[j] == _EMPTY and index[j + 1] == _EMPTY):
-                        out[row][piece.sel] = meta.fill_value
-                        continue
-                    offset, nbytes = index[j], index[j + 1]
-                else:
-                    found = store.size(key)
-                    if found is None:
-                        out[row][piece.sel] = meta.fill_value
-                        continue
-                    offset, nbytes = 0, found
-                if len(self._buf) < nbytes:
-                    self._buf = bytearray(max(nbytes, 2 * len(self._buf)))
-                src = store.read_range(key, offset, nbytes, self._buf)
+                src = self._chunk_bytes(meta, key, within * stride + piece.flat)
                 if src is None:
                     out[row][piece.sel] = meta.fill_value
                     continue
@@ -787,10 +789,7 @@ class ArrayReader:
         if meta.path in self._not_whole:
             return None
         rows_per_chunk = meta.inner[0]
-        count = math.prod(meta.shape)
-        if count * (meta.dtype.itemsize + (64 if meta.dtype.kind == "T" else 0)) > (
-            _SMALL_CACHE_BYTES // 8
-        ):  # what _cost would say, without allocating it
+        if _cost_of(math.prod(meta.shape), meta.dtype) > _SMALL_CACHE_BYTES // 8:
             self._not_whole.add(meta.path)
             return None
         whole = np.empty(meta.shape, dtype=meta.dtype)
@@ -803,10 +802,7 @@ class ArrayReader:
             start = c0 * rows_per_chunk
             stop = min(start + rows_per_chunk, meta.shape[0])
             whole[start:stop] = chunk[: stop - start]
-        self._small[key] = whole
-        self._small_bytes += _cost(whole)
-        while self._small_bytes > _SMALL_CACHE_BYTES and self._small:
-            self._small_bytes -= _cost(self._small.popitem(last=False)[1])
+        self._keep_small(key, whole)
         return whole
 
     def _small_chunk(self, meta: _Meta, coords: tuple[int, ...]) -> npt.NDArray[Any] | None:
@@ -823,13 +819,16 @@ class ArrayReader:
         chunk: npt.NDArray[Any] | None = np.empty(meta.inner, dtype=meta.dtype)
         if not self._decode_chunk(meta, coords, chunk):  # type: ignore[arg-type]
             chunk = None
-        size = _cost(chunk)
-        if size <= _SMALL_CACHE_BYTES // 4:
-            self._small[key] = chunk
-            self._small_bytes += size
-            while self._small_bytes > _SMALL_CACHE_BYTES and self._small:
-                self._small_bytes -= _cost(self._small.popitem(last=False)[1])
+        if _cost(chunk) <= _SMALL_CACHE_BYTES // 4:
+            self._keep_small(key, chunk)
         return chunk
+
+    def _keep_small(self, key: tuple[str, tuple[int, ...]], value: npt.NDArray[Any] | None) -> None:
+        """Add ``value`` to the small-chunk LRU, evicting the oldest beyond its byte bound."""
+        self._small[key] = value
+        self._small_bytes += _cost(value)
+        while self._small_bytes > _SMALL_CACHE_BYTES and self._small:
+            self._small_bytes -= _cost(self._small.popitem(last=False)[1])
 
 
 def open_arrays(cube_uri: str, storage_options: dict[str, Any] | None = None) -> ArrayReader:
