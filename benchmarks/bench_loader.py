@@ -191,19 +191,30 @@ class SlabBatchDataset(SlabDataset):
         import torch
         from torch.utils.data import get_worker_info
 
-        from catalog._ring import BatchRing, LeasedBatch
-        from catalog.dataset import _alloc_batch, _batch_layout
-
         reader: ArrayReader = self.reader.reader
         plan = [("x", reader.shape(self.path)[1:], getattr(torch, str(reader.dtype(self.path))))]
-        if self.slots and self._ring is None and get_worker_info() is not None:
-            self._ring = BatchRing(self.slots, _batch_layout(plan, len(indexes))[1])
-        batch, lease = _alloc_batch(plan, len(indexes), self._ring)
+        in_worker = self.slots > 0 and get_worker_info() is not None
+        batch, leased = _ring_batch(self, plan, len(indexes), self.slots if in_worker else 0)
         rows = [int(self.positions[i]) for i in indexes]
         reader.read_rows(self.path, rows, batch["x"].numpy())
-        if lease is None:
-            return batch["x"]
-        return LeasedBatch(batch, *lease)
+        return batch["x"] if leased is None else leased
+
+
+def _ring_batch(owner: Any, plan: list[Any], n: int, slots: int) -> tuple[dict[str, Any], Any]:
+    """A batch of ``plan`` tensors in a slot of ``owner._ring`` as a TileDataset worker makes it.
+
+    The ring (``slots`` slots sized for this batch) is made on first use; ``slots=0``: no
+    ring. Returns the batch and, when it sits in a ring slot, the
+    :class:`catalog._ring.LeasedBatch` to return from ``__getitems__`` (else ``None``: a new
+    shared-memory segment, or plain memory outside a worker).
+    """
+    from catalog._ring import BatchRing, LeasedBatch
+    from catalog.dataset import _alloc_batch, _batch_layout
+
+    if slots and owner._ring is None:
+        owner._ring = BatchRing(slots, _batch_layout(plan, n)[1])
+    batch, lease = _alloc_batch(plan, n, owner._ring)
+    return batch, None if lease is None else LeasedBatch(batch, *lease)
 
 
 def _identity(batch: Any) -> Any:
@@ -858,15 +869,9 @@ class EmptyBatches:
     def __getitems__(self, indexes: list[int]) -> Any:
         import torch
 
-        from catalog._ring import BatchRing, LeasedBatch
-        from catalog.dataset import _alloc_batch, _batch_layout
-
-        plan = [("index", (), torch.int64)]
-        if self._ring is None:
-            self._ring = BatchRing(4, _batch_layout(plan, len(indexes))[1])
-        batch, lease = _alloc_batch(plan, len(indexes), self._ring)
+        batch, leased = _ring_batch(self, [("index", (), torch.int64)], len(indexes), 4)
         batch["index"].numpy()[:] = indexes
-        return batch if lease is None else LeasedBatch(batch, *lease)
+        return batch if leased is None else leased
 
 
 def _dataloader_overhead(n_batches: int, repeats: int, direct: bool) -> Measurement:
