@@ -346,6 +346,34 @@ def _ceiling(ranges: list[Any], repeats: int, epochs: int) -> float:
         return time_median(once, repeats=repeats)
 
 
+def _ceiling_case(
+    case: str,
+    cube: str,
+    paths: list[str],
+    positions: npt.NDArray[np.int64],
+    repeats: int,
+    epochs: int,
+) -> Measurement:
+    """The ceiling over every stored chunk of ``paths`` at ``positions``, ``epochs`` times."""
+    ranges = _chunk_ranges(cube, paths, positions)
+    ceiling = _ceiling(ranges, repeats, epochs)
+    decoded = sum(r[3] for r in ranges)
+    return Measurement(
+        NAME,
+        case,
+        None,
+        ceiling,
+        repeats,
+        float(positions.size * epochs),
+        "samples",
+        extra={
+            "MB_s": round(decoded * epochs / ceiling / 1e6, 1),
+            "processes": WORKERS,
+            "arrays": len(paths),
+        },
+    )
+
+
 #: Per pool process: (cube, path, batch) -> (reader, the 4 rotating batch buffers).
 _READ_ROWS_STATE: dict[tuple[str, str, int], tuple[ArrayReader, list[npt.NDArray[Any]]]] = {}
 
@@ -688,21 +716,7 @@ def _cube_cases(
 ) -> list[Measurement]:
     """Readers, ceiling and loaders on one cube (``paths[0]`` is the slab array)."""
     results = _measure_readers(tag, cube, paths[0], positions, repeats)
-    ranges = _chunk_ranges(cube, paths[:1], positions)
-    ceiling = _ceiling(ranges, repeats, epochs)
-    decoded = sum(r[3] for r in ranges)
-    results.append(
-        Measurement(
-            NAME,
-            f"ceiling {tag}",
-            None,
-            ceiling,
-            repeats,
-            float(positions.size * epochs),
-            "samples",
-            extra={"MB_s": round(decoded * epochs / ceiling / 1e6, 1), "processes": WORKERS},
-        )
-    )
+    results.append(_ceiling_case(f"ceiling {tag}", cube, paths[:1], positions, repeats, epochs))
     for name, reader in _readers(cube).items():
         results.append(
             _loader_case(
@@ -789,22 +803,8 @@ def _tile_dataset_cases(
     paths = [s.path for s in layout.arrays if s.has_tile_axis and s.shards is not None]
     positions = dsmod.TileDataset(cube).positions
     n = positions.size
-    ranges = _chunk_ranges(cube, paths, positions)
-    ceiling = _ceiling(ranges, repeats, epochs)
-    decoded = sum(r[3] for r in ranges)
     base = f"ceiling {tag}, all raster arrays"
-    results = [
-        Measurement(
-            NAME,
-            base,
-            None,
-            ceiling,
-            repeats,
-            float(n * epochs),
-            "samples",
-            extra={"MB_s": round(decoded * epochs / ceiling / 1e6, 1), "arrays": len(paths)},
-        )
-    ]
+    results = [_ceiling_case(base, cube, paths, positions, repeats, epochs)]
     for case, options, batch, direct in cases:
         m = _loader_case(
             tag,
