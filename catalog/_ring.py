@@ -149,12 +149,17 @@ class LeasedBatch(dict[str, Any]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         base = self.buffer.data_ptr()
+        end = base + int(self.buffer.numel())
         specs: list[tuple[str, int, str, tuple[int, ...]]] = []
         others: dict[str, Any] = {}
         order: list[str] = []
         for key, value in self.items():
             order.append(key)
-            if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() == base:
+            if (
+                isinstance(value, torch.Tensor)
+                and value.device.type == "cpu"
+                and base <= value.data_ptr() < end
+            ):  # a view of the slot (torch's, or numpy's of its memory)
                 if not value.is_contiguous():
                     value = value.contiguous()  # not a view of the slot any more: sent inline
                     others[key] = value

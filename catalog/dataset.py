@@ -76,9 +76,9 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -94,7 +94,7 @@ from catalog._arrays import (
     read_remote_bytes,
     write_remote_bytes,
 )
-from catalog._ring import BatchRing, LeasedBatch, ring_supported
+from catalog._ring import BatchRing, LeasedBatch, _np_dtype, ring_supported
 from catalog.query import SearchResult, TileCatalog, open_catalog
 from schemas.cube import (
     TILES_GROUP,
@@ -109,7 +109,15 @@ from schemas.cube import (
 )
 from schemas.errors import InvalidInputError
 
-__all__ = ["STATS_PATH", "BatchedSample", "Sample", "TileDataset", "cube_stats", "read_layout"]
+__all__ = [
+    "STATS_PATH",
+    "BatchSamples",
+    "BatchedSample",
+    "Sample",
+    "TileDataset",
+    "cube_stats",
+    "read_layout",
+]
 
 log = logging.getLogger(__name__)
 
@@ -622,6 +630,8 @@ class TileDataset(Dataset[Sample]):
         self._reader: ArrayReader | None = None
         self._scratch: dict[str, npt.NDArray[Any]] = {}
         self._ring: BatchRing | None = None
+        #: (key, per-sample shape, dtype) of a batch's tensors (``_batch_plan``), made once.
+        self._plan: list[tuple[str, tuple[int, ...], torch.dtype]] | None = None
 
     # --- pickling and lazy state ------------------------------------------------------------
 
@@ -637,6 +647,7 @@ class TileDataset(Dataset[Sample]):
         self.__dict__.update(state)
         self.__dict__.setdefault("_scratch", {})
         self.__dict__.setdefault("_ring", None)
+        self.__dict__.setdefault("_plan", None)
 
     def _open(self) -> tuple[ArrayReader, CubeLayout]:
         if self._reader is None:
@@ -760,17 +771,18 @@ class TileDataset(Dataset[Sample]):
             sample = self.transform(sample)
         return sample
 
-    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+    def __getitems__(self, indices: Sequence[int]) -> Sequence[Sample]:
         """The samples ``[self[i] for i in indices]``, read as one batch (the DataLoader's path).
 
         Every array is read for the whole batch at once: raw slabs decoded into reused
         per-process buffers, converted to float32 (scale, offset, normalisation, fill) once per
         batch, into one preallocated tensor per key (in shared memory in a DataLoader worker).
-        The samples returned are :class:`BatchedSample` dicts equal to ``__getitem__``'s, whose
-        tensors are views of those batch tensors; the default ``collate_fn`` (and
-        :func:`torch.utils.data.default_collate`) returns the batch tensors themselves when it
-        is given exactly these samples, without copying them again. With ``transform`` or
-        ``resize`` the samples are read one by one.
+        The result is a :class:`BatchSamples` sequence of :class:`BatchedSample` dicts equal to
+        ``__getitem__``'s, whose tensors are views of those batch tensors (each made when first
+        accessed); the default ``collate_fn`` (and :func:`torch.utils.data.default_collate`)
+        returns the batch tensors themselves when it is given these samples, without copying
+        them again or making the per-sample views. With ``transform`` or ``resize`` the samples
+        are read one by one (a list).
         """
         if self.transform is not None or self.resize is not None:
             return [self[i] for i in indices]
@@ -785,7 +797,9 @@ class TileDataset(Dataset[Sample]):
             return []
         reader, layout = self._open()
         positions = [int(p) for p in self._positions[rows]]
-        plan = self._batch_plan(reader, layout, positions[0])
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = self._batch_plan(reader, layout)
         batch, lease = self._alloc_batch(plan, len(rows))
         batch["index"].numpy()[:] = rows
         batch["position"].numpy()[:] = positions
@@ -817,8 +831,7 @@ class TileDataset(Dataset[Sample]):
         order = [key for key, _, _ in plan]
         if self.metadata:
             order[order.index("epsg") : order.index("epsg")] = ["tile_id", "period", "id"]
-        batch = {key: batch[key] for key in order}
-        return _batched_samples(batch, lease)
+        return BatchSamples({key: batch[key] for key in order}, lease)
 
     def _alloc_batch(
         self, plan: Sequence[tuple[str, tuple[int, ...], torch.dtype]], n: int
@@ -833,7 +846,7 @@ class TileDataset(Dataset[Sample]):
         return _alloc_batch(plan, n, ring)
 
     def _batch_plan(
-        self, reader: ArrayReader, layout: CubeLayout, position: int
+        self, reader: ArrayReader, layout: CubeLayout
     ) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
         """(key, per-sample shape, dtype) of every tensor of a sample, in sample order."""
         plan: list[tuple[str, tuple[int, ...], torch.dtype]] = [
@@ -1048,7 +1061,9 @@ def _alloc_batch(
 
     In a DataLoader worker the buffer is a free slot of ``ring`` when there is one (its lease
     is returned), else a new shared-memory segment for the DataLoader to hand to the main
-    process; in the main process, ordinary memory.
+    process; in the main process, ordinary memory. Views of a ring slot or of ordinary memory
+    are made through numpy (a fifth of torch's slice + view + view); views of a shared-memory
+    segment stay torch views of its storage, which the DataLoader shares as one segment.
     """
     offsets, total = _batch_layout(plan, n)
     lease: Lease = None
@@ -1062,10 +1077,16 @@ def _alloc_batch(
         )
     else:
         buffer = torch.empty(total, dtype=torch.uint8)
+    flat = buffer.numpy() if lease is not None or get_worker_info() is None else None
     batch: dict[str, Any] = {}
     for (key, shape, dtype), start in zip(plan, offsets, strict=True):
         nbytes = n * math.prod(shape) * dtype.itemsize
-        batch[key] = buffer[start : start + nbytes].view(dtype).view(n, *shape)
+        np_dtype = _np_dtype(str(dtype).removeprefix("torch.")) if flat is not None else None
+        if np_dtype is not None:
+            part = flat[start : start + nbytes]  # type: ignore[index]
+            batch[key] = torch.from_numpy(part.view(np_dtype).reshape(n, *shape))
+        else:
+            batch[key] = buffer[start : start + nbytes].view(dtype).view(n, *shape)
     return batch, lease
 
 
@@ -1099,7 +1120,60 @@ class BatchedSample(dict[str, Any]):
         return (dict, (dict(self),))
 
 
-def _batched_samples(batch: dict[str, Any], lease: Lease) -> list[Sample]:
+class BatchSamples(Sequence[Sample]):
+    """The samples of one :meth:`TileDataset.__getitems__` batch, in order.
+
+    A read-only sequence of :class:`BatchedSample`: each is made (its tensors as views of the
+    batch's) when first accessed, then kept. :func:`torch.utils.data.default_collate` of the
+    whole sequence returns the batch itself, so the DataLoader's path never makes the
+    per-sample views (a few microseconds per sample and key). It pickles as a ``list`` of
+    plain ``dict``.
+    """
+
+    __slots__ = ("_samples", "batch", "lease")
+
+    def __init__(self, batch: dict[str, Any], lease: Lease = None) -> None:
+        self.batch = batch
+        self.lease = lease
+        self._samples: list[BatchedSample | None] = [None] * len(batch["index"])
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Sample]: ...
+
+    def __getitem__(self, i: int | slice) -> Sample | list[Sample]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self._samples)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} is out of range for a batch of {n}")
+        row = i % n
+        sample = self._samples[row]
+        if sample is None:
+            sample = self._samples[row] = BatchedSample(self.batch, row, self.lease)
+        return sample
+
+    def __iter__(self) -> Iterator[Sample]:
+        if any(s is None for s in self._samples):  # made all at once, keeping those made
+            made = _batched_samples(self.batch, self.lease)
+            self._samples[:] = [
+                new if old is None else old for old, new in zip(self._samples, made, strict=True)
+            ]
+        return iter(cast(list[Sample], self._samples))
+
+    def __repr__(self) -> str:
+        return f"BatchSamples({len(self)} samples of keys {list(self.batch)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, ([dict(s) for s in self],))
+
+
+def _batched_samples(batch: dict[str, Any], lease: Lease) -> list[BatchedSample]:
     """One :class:`BatchedSample` per row of ``batch``: its values are views of the batch.
 
     Each tensor is split into its rows with one ``unbind`` (a third cheaper than indexing every
@@ -1116,6 +1190,11 @@ def _batched_samples(batch: dict[str, Any], lease: Lease) -> list[Sample]:
 def _collate_batched(
     batch: Sequence[Any], *, collate_fn_map: dict[Any, Callable[..., Any]] | None = None
 ) -> Any:
+    if isinstance(batch, BatchSamples):  # a whole batch of __getitems__, in order
+        whole, lease = batch.batch, batch.lease
+        if lease is not None:
+            return LeasedBatch(dict(whole), *lease)
+        return dict(whole)
     first = batch[0]
     whole = first.batch
     if all(

@@ -442,6 +442,67 @@ def test_getitems_batch_equals_getitem(cube: Path, options: dict[str, Any]) -> N
         ds.__getitems__([0, N_TILES])
 
 
+def test_batch_samples_sequence(cube: Path) -> None:
+    """__getitems__'s BatchSamples: a sequence of samples made on demand, each made once."""
+    from torch.utils.data import default_collate
+
+    from catalog.dataset import BatchSamples
+
+    ds = TileDataset(cube, physical=False)
+    indices = [4, 1, 7]
+    samples = ds.__getitems__(indices)
+    assert isinstance(samples, BatchSamples) and len(samples) == 3
+    first = samples[0]
+    assert samples[-3] is first and samples[1] is samples[1]
+    _same(dict(samples[-1]), ds[7])
+    with pytest.raises(IndexError):
+        samples[3]
+    listed = list(samples)  # iteration makes the rest, keeping those already made
+    assert listed[0] is first and listed[2] is samples[2]
+    for i, sample in zip(indices, listed, strict=True):
+        _same(dict(sample), ds[i])
+    assert [s["position"].item() for s in samples[1:]] == [1, 7]
+    assert samples[::-1][0] is samples[2]
+    physical = TileDataset(cube)  # (torch cannot pickle the stored uint16 Landsat values)
+    back = pickle.loads(pickle.dumps(physical.__getitems__(indices)))  # a list of plain dicts
+    assert type(back) is list and all(type(s) is dict for s in back)
+    for i, sample in zip(indices, back, strict=True):
+        _same(sample, physical[i])
+    # The default collate of a fresh batch is the batch itself: no per-sample views made.
+    fresh = ds.__getitems__(indices)
+    batch = default_collate(fresh)
+    assert sum(s is not None for s in fresh._samples) <= 1  # only collate's look at [0]
+    assert batch[S2].data_ptr() == fresh.batch[S2].data_ptr()
+    _same(batch, default_collate([ds[i] for i in indices]))
+
+
+def test_leased_batch_of_alloc_batch_pickles_as_a_lease() -> None:
+    """Every tensor of a worker batch (numpy-made views of the ring slot) goes as a lease."""
+    from catalog._ring import BatchRing
+    from catalog.dataset import BatchSamples, _alloc_batch, _collate_batched
+
+    plan = [
+        ("index", (), torch.int64),
+        ("x", (10, 50, 50), torch.int16),
+        ("m", (50, 50), torch.uint8),
+        ("h", (3,), torch.bfloat16),
+    ]
+    ring = BatchRing(2, 1 << 20)
+    batch, lease = _alloc_batch(plan, 4, ring)
+    assert lease is not None and ring.held() == 0
+    for value in batch.values():
+        value.copy_(torch.arange(value.numel()).reshape(value.shape).to(value.dtype))
+    expected = {k: v.clone() for k, v in batch.items()}
+    sent = pickle.dumps(_collate_batched(BatchSamples(batch, lease)))
+    assert len(sent) < 2000  # a lease, not the 200 kB of pixels
+    assert ring.held() == 1
+    got = pickle.loads(sent)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+    del batch, got
+    assert ring.held() == 0
+
+
 # --- stored values + to_physical; worker batch buffers (catalog._ring) ---------------------
 
 
