@@ -456,7 +456,7 @@ def _generated_cube(n_tiles: int) -> Path:
     from schemas.tile import SensorObservation, TileRecord
 
     root = Path(tempfile.gettempdir()) / f"eoforge-bench-loader-{n_tiles}.zarr"
-    marker = root / "complete-v2"
+    marker = root / "complete-v3"
     if marker.exists():
         return root
     shutil.rmtree(root, ignore_errors=True)

@@ -234,6 +234,11 @@ class CodecSpec:
     training reads far more often than builds write. ``zstd`` compresses harder when storage
     matters more than read speed.
 
+    Arrays of one-byte values (masks, label rasters, multi-labels) are written without the
+    bit-shuffle (:meth:`zarr_compressors` with ``itemsize=1``): on mask- and label-like chunks
+    it made decoding about 2x slower for a few percent of size at best
+    (``benchmarks/bench_codecs.py``), and a byte shuffle of one-byte values changes nothing.
+
     Attributes:
         name: ``blosc-lz4`` (default), ``blosc-zstd`` or ``zstd``.
         level: Compression level (Blosc 1-9, zstd 1-22).
@@ -278,14 +283,20 @@ class CodecSpec:
         """Inverse of :meth:`to_dict`."""
         return cls(name=data["name"], level=int(data["level"]), shuffle=data["shuffle"])
 
-    def zarr_compressors(self) -> tuple[Any, ...]:
-        """The zarr v3 bytes-to-bytes codecs for ``compressors=`` of :func:`zarr.create_array`."""
+    def zarr_compressors(self, itemsize: int | None = None) -> tuple[Any, ...]:
+        """The zarr v3 bytes-to-bytes codecs for ``compressors=`` of :func:`zarr.create_array`.
+
+        Args:
+            itemsize: Bytes per value of the array (``None``: unknown, e.g. strings). Blosc
+                codecs of one-byte arrays get no shuffle (class docstring).
+        """
         from zarr.codecs import BloscCodec, ZstdCodec
 
         if self.name == "zstd":
             return (ZstdCodec(level=self.level),)
         cname: Literal["lz4", "zstd"] = "lz4" if self.name == "blosc-lz4" else "zstd"
-        return (BloscCodec(cname=cname, clevel=self.level, shuffle=self.shuffle),)
+        shuffle = "noshuffle" if itemsize == 1 else self.shuffle
+        return (BloscCodec(cname=cname, clevel=self.level, shuffle=shuffle),)
 
 
 #: Codec of the raster arrays unless a recipe chooses another.
@@ -389,7 +400,9 @@ class ArraySpec:
             "shards": self.shards,
             "dtype": str if self.dtype == "str" else self.dtype,
             "fill_value": self.fill_value,
-            "compressors": self.codec.zarr_compressors(),
+            "compressors": self.codec.zarr_compressors(
+                None if self.dtype == "str" else np.dtype(self.dtype).itemsize
+            ),
             "attributes": self.attributes(),
             "dimension_names": self.dims,
         }

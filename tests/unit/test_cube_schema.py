@@ -253,6 +253,10 @@ def test_codec_spec_validation_and_zarr_codecs() -> None:
     (default,) = CodecSpec().zarr_compressors()
     assert isinstance(default, BloscCodec)
     assert (default.cname.value, default.clevel, default.shuffle.value) == ("lz4", 5, "bitshuffle")
+    (one_byte,) = CodecSpec().zarr_compressors(itemsize=1)  # masks, labels: no bit-shuffle
+    assert (one_byte.cname.value, one_byte.shuffle.value) == ("lz4", "noshuffle")
+    (two_bytes,) = CodecSpec().zarr_compressors(itemsize=2)
+    assert two_bytes.shuffle.value == "bitshuffle"
     (zstd,) = CodecSpec.zstd(7).zarr_compressors()
     assert isinstance(zstd, ZstdCodec) and zstd.level == 7
     assert CodecSpec.from_dict(CodecSpec("blosc-zstd", 3, "shuffle").to_dict()) == CodecSpec(
@@ -293,6 +297,9 @@ def test_zarr_arrays_from_specs_have_the_chunks_shards_and_codecs(tmp_path: Path
     assert data.chunks == (1, 1, 4, 120, 120) and data.shards == (4, 1, 4, 120, 120)
     (codec,) = data.compressors
     assert isinstance(codec, BloscCodec) and codec.cname.value == "lz4"
+    assert codec.shuffle.value == "bitshuffle"
+    (mask_codec,) = _arr(group, "sentinel-2-l2a/mask").compressors
+    assert isinstance(mask_codec, BloscCodec) and mask_codec.shuffle.value == "noshuffle"
     assert isinstance(data.metadata, ArrayV3Metadata)
     assert data.metadata.dimension_names == DATA_DIMS
     # never-written planes read as the fills
