@@ -28,6 +28,8 @@ Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
    and growth of RSS over the epoch.
    ``..., loader_context``: the same with :func:`catalog.loader_context` (the start method's
    context with queues that write in the caller's thread instead of a feeder thread).
+   ``TileStream(batch_size=n)`` (gen): the streaming variant, whole shards per worker in a
+   shuffled shard order, batches read with ``__getitems__``, in ``DataLoader(batch_size=None)``.
    ``read_rows <cube>``: the loader minus the DataLoader: ``ArrayReader.read_rows`` of the
    same shuffled batches into 4 reused memfd batch buffers per process, on 2 processes.
 4. ``DataLoader(num_workers=2) alone``: batches/s and CPU per batch (main process + workers)
@@ -247,10 +249,19 @@ def _loader(
     with replacement: many batches per epoch from a small cube. ``direct``: the start method's
     :func:`catalog.loader_context` (queues without feeder threads).
     """
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
     from catalog import loader_context
 
+    context_arg = loader_context(context) if direct else context
+    if isinstance(dataset, IterableDataset):  # a TileStream of batches
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=WORKERS,
+            persistent_workers=True,
+            multiprocessing_context=context_arg,
+        )
     extra: dict[str, Any] = {}
     if isinstance(dataset, SlabBatchDataset | EmptyBatches):
         extra["collate_fn"] = _identity
@@ -262,7 +273,7 @@ def _loader(
         shuffle=draws is None,
         sampler=None if draws is None else RandomSampler(dataset, True, draws),
         persistent_workers=True,
-        multiprocessing_context=loader_context(context) if direct else context,
+        multiprocessing_context=context_arg,
     )
 
 
@@ -695,7 +706,7 @@ def _loader_case(
         f"ceiling {tag}",
         med,
         repeats,
-        float((draws or len(dataset)) * epochs),
+        float((draws or len(getattr(dataset, "dataset", dataset))) * epochs),
         "samples",
         extra={
             "MB_s": round(sizes[-1] / med / 1e6, 1),
@@ -823,6 +834,34 @@ def _tile_dataset_cases(
                 m.bench, m.case, base, m.median_s, m.repeats, m.unit_count, m.unit, extra=m.extra
             )
         )
+    if not draws:  # whole shards per worker, in shuffled shard order, read as batches
+        from catalog.sampler import TileStream
+
+        for batch in (BATCH, 4 * BATCH):
+            stream = TileStream(
+                dsmod.TileDataset(cube, physical=False), shuffle=True, batch_size=batch
+            )
+            m = _loader_case(
+                tag,
+                f"TileStream(batch_size={batch}) stored values, DataLoader(batch_size=None)",
+                stream,
+                repeats,
+                epochs,
+                batch=batch,
+                direct=True,
+            )
+            results.append(
+                Measurement(
+                    m.bench,
+                    m.case,
+                    base,
+                    m.median_s,
+                    m.repeats,
+                    m.unit_count,
+                    m.unit,
+                    extra=m.extra,
+                )
+            )
     return results
 
 

@@ -147,6 +147,11 @@ class LeasedBatch(dict[str, Any]):
         self.slot = slot
         self.buffer = buffer
 
+    def __copy__(self) -> LeasedBatch:
+        # A shallow copy views the same slot (``DataLoader(batch_size=None)`` copies every item
+        # in the worker with ``copy.copy``): it must still pickle as the lease.
+        return LeasedBatch(dict(self), self.ring, self.slot, self.buffer)
+
     def __reduce__(self) -> tuple[Any, ...]:
         base = self.buffer.data_ptr()
         end = base + int(self.buffer.numel())

@@ -25,7 +25,11 @@ whole shards in shard order (or a per-epoch shuffled shard order), positions asc
 shard, shard ``j`` going to consumer ``j % (world_size * num_workers)`` where consumer =
 ``rank * num_workers + worker_id`` (:func:`torch.utils.data.get_worker_info`). Every sample is
 yielded exactly once per epoch across all ranks and workers; consumers may get different
-numbers of samples (no padding).
+numbers of samples (no padding). With ``batch_size`` it yields batches instead: each
+consumer's samples in runs of ``batch_size`` (the last run of a consumer may be shorter), each
+read with the dataset's ``__getitems__`` (one decode into the batch, no per-sample copies) and
+collated as :func:`torch.utils.data.default_collate` would; give it to
+``DataLoader(stream, batch_size=None, ...)``.
 
 Rank and world size come from the arguments, else from ``torch.distributed`` when it is
 initialised, else from the environment variables ``RANK`` and ``WORLD_SIZE``, else 0 and 1.
@@ -40,7 +44,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch.utils.data import IterableDataset, Sampler, get_worker_info
+from torch.utils.data import IterableDataset, Sampler, default_collate, get_worker_info
 
 from schemas.errors import InvalidInputError
 
@@ -178,6 +182,11 @@ class TileStream(IterableDataset[Any]):
         seed: Seed of the shard shuffle (with the epoch).
         rank: This process's rank (module docstring for the default).
         world_size: Number of ranks.
+        batch_size: Yield batches of this many samples (module docstring) instead of samples;
+            use the stream with ``DataLoader(batch_size=None)``.
+
+    Raises:
+        InvalidInputError: A bad rank, world size or batch size.
     """
 
     def __init__(
@@ -188,12 +197,20 @@ class TileStream(IterableDataset[Any]):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.rank, self.world_size = distributed_context(rank, world_size)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = 0
+        if batch_size is not None and int(batch_size) < 1:
+            raise InvalidInputError(
+                f"batch_size must be >= 1, got {batch_size}",
+                where="batch_size",
+                fix="give a positive batch size, or None for single samples",
+            )
+        self.batch_size = None if batch_size is None else int(batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Use the shard order of ``epoch`` next (before iterating; workers get a copy)."""
@@ -218,5 +235,14 @@ class TileStream(IterableDataset[Any]):
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         consumer = self.rank * workers + worker
-        for index in self.consumer_indices(consumer, self.world_size * workers):
-            yield self.dataset[index]
+        indices = self.consumer_indices(consumer, self.world_size * workers)
+        size = self.batch_size
+        if size is None:
+            for index in indices:
+                yield self.dataset[index]
+            return
+        getitems = getattr(self.dataset, "__getitems__", None)
+        for start in range(0, len(indices), size):
+            run = indices[start : start + size]
+            samples = getitems(run) if getitems is not None else [self.dataset[i] for i in run]
+            yield default_collate(samples)

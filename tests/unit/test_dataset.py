@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -402,6 +403,32 @@ def test_tile_stream_over_the_dataset(cube: Path) -> None:
     assert sorted(seen) == list(range(N_TILES))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_tile_stream_batches(cube: Path, workers: int) -> None:
+    """batch_size: each consumer's samples in runs, read as batches, equal to collated samples."""
+    from torch.utils.data import default_collate
+
+    ds = TileDataset(cube, physical=False)
+    seen: list[int] = []
+    for rank in range(2):
+        stream = TileStream(ds, rank=rank, world_size=2, batch_size=3)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers)
+        runs = [
+            stream.consumer_indices(c, 2 * max(1, workers))
+            for c in range(rank * max(1, workers), (rank + 1) * max(1, workers))
+        ]
+        expected = [r[k : k + 3] for r in runs for k in range(0, len(r), 3)]
+        got = list(loader)
+        assert sorted(b["index"].tolist() for b in got) == sorted(expected)
+        for batch in got:
+            indices = batch["index"].tolist()
+            _same(batch, default_collate([ds[i] for i in indices]))
+            seen.extend(indices)
+    assert sorted(seen) == list(range(N_TILES))
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        TileStream(ds, batch_size=0)
+
+
 def test_class_names_match_layout() -> None:
     assert layout().labels[0].class_names == CLASSES
 
@@ -493,7 +520,11 @@ def test_leased_batch_of_alloc_batch_pickles_as_a_lease() -> None:
     for value in batch.values():
         value.copy_(torch.arange(value.numel()).reshape(value.shape).to(value.dtype))
     expected = {k: v.clone() for k, v in batch.items()}
-    sent = pickle.dumps(_collate_batched(BatchSamples(batch, lease)))
+    leased = _collate_batched(BatchSamples(batch, lease))
+    # DataLoader(batch_size=None) copy.copy()s every item in the worker: still a lease.
+    assert type(copy.copy(leased)) is type(leased) and ring.held() == 0
+    sent = pickle.dumps(copy.copy(leased))
+    del leased
     assert len(sent) < 2000  # a lease, not the 200 kB of pixels
     assert ring.held() == 1
     got = pickle.loads(sent)
