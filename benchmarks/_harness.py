@@ -51,8 +51,8 @@ class Measurement:
         return out
 
 
-def time_median(fn: Callable[[], object], repeats: int = 7, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
+def time_all(fn: Callable[[], object], repeats: int = 7, warmup: int = 1) -> list[float]:
+    """Wall times of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
     for _ in range(warmup):
         fn()
     times = []
@@ -60,7 +60,12 @@ def time_median(fn: Callable[[], object], repeats: int = 7, warmup: int = 1) -> 
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def time_median(fn: Callable[[], object], repeats: int = 7, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
+    return statistics.median(time_all(fn, repeats, warmup))
 
 
 def with_ratios(results: list[Measurement]) -> list[Measurement]:

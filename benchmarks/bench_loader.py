@@ -15,6 +15,7 @@ Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
    zarr-python ``arr[pos]`` (baseline), tensorstore, and :mod:`catalog._chunks`.
 2. ``ceiling <cube>``: the same chunk bytes (``os.pread``) decoded with the same codec into a
    reused buffer, no framework, on 2 processes: what a loader could reach on this machine.
+   Timed before and after the cases compared with it, its median over both sets of repeats.
 3. ``loader <cube>: <dataset>, batch <n>``: ``DataLoader(num_workers=2, batch_size=n)`` over a
    minimal map-style dataset of the slab (``SlabDataset``, one sample at a time) with each
    reader; over ``SlabBatchDataset`` (``__getitems__`` decodes the batch straight into one
@@ -49,6 +50,7 @@ Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -56,6 +58,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,7 +70,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks._harness import Measurement, time_median
+from benchmarks._harness import Measurement, time_all, time_median
 from benchmarks.bench_codecs import _chunk
 from catalog._chunks import ArrayReader, open_arrays
 
@@ -347,42 +350,53 @@ def _ceiling_worker(ranges: list[Any]) -> int:
     return total
 
 
-def _ceiling(ranges: list[Any], repeats: int, epochs: int) -> float:
-    halves = [ranges[0::2] * epochs, ranges[1::2] * epochs]
-    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+class _Ceiling:
+    """The ceiling over every stored chunk of ``paths`` at ``positions``, ``epochs`` times.
 
-        def once() -> None:
-            pool.map(_ceiling_worker, halves)
+    Timed (:meth:`measure`) before and after the cases it is the baseline of: its median is
+    over both sets of repeats, so a drift of this noisy machine while those cases run moves the
+    baseline with them instead of skewing their ratios.
+    """
 
-        return time_median(once, repeats=repeats)
+    def __init__(
+        self,
+        case: str,
+        cube: str,
+        paths: list[str],
+        positions: npt.NDArray[np.int64],
+        repeats: int,
+        epochs: int,
+    ) -> None:
+        self.case, self.paths, self.repeats, self.epochs = case, paths, repeats, epochs
+        self.samples = float(positions.size * epochs)
+        self.ranges = _chunk_ranges(cube, paths, positions)
+        self.times: list[float] = []
 
+    def measure(self) -> None:
+        """Time ``repeats`` more runs (2 processes, half the chunks each)."""
+        halves = [self.ranges[0::2] * self.epochs, self.ranges[1::2] * self.epochs]
+        with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+            self.times += time_all(lambda: pool.map(_ceiling_worker, halves), self.repeats)
 
-def _ceiling_case(
-    case: str,
-    cube: str,
-    paths: list[str],
-    positions: npt.NDArray[np.int64],
-    repeats: int,
-    epochs: int,
-) -> Measurement:
-    """The ceiling over every stored chunk of ``paths`` at ``positions``, ``epochs`` times."""
-    ranges = _chunk_ranges(cube, paths, positions)
-    ceiling = _ceiling(ranges, repeats, epochs)
-    decoded = sum(r[3] for r in ranges)
-    return Measurement(
-        NAME,
-        case,
-        None,
-        ceiling,
-        repeats,
-        float(positions.size * epochs),
-        "samples",
-        extra={
-            "MB_s": round(decoded * epochs / ceiling / 1e6, 1),
-            "processes": WORKERS,
-            "arrays": len(paths),
-        },
-    )
+    def result(self) -> Measurement:
+        """The ceiling's measurement: the median over every timed run."""
+        median = statistics.median(self.times)
+        decoded = sum(r[3] for r in self.ranges)
+        return Measurement(
+            NAME,
+            self.case,
+            None,
+            median,
+            len(self.times),
+            self.samples,
+            "samples",
+            extra={
+                "MB_s": round(decoded * self.epochs / median / 1e6, 1),
+                "processes": WORKERS,
+                "arrays": len(self.paths),
+                "timed": "before and after its cases",
+            },
+        )
 
 
 #: Per pool process: (cube, path, batch) -> (reader, the 4 rotating batch buffers).
@@ -727,7 +741,9 @@ def _cube_cases(
 ) -> list[Measurement]:
     """Readers, ceiling and loaders on one cube (``paths[0]`` is the slab array)."""
     results = _measure_readers(tag, cube, paths[0], positions, repeats)
-    results.append(_ceiling_case(f"ceiling {tag}", cube, paths[:1], positions, repeats, epochs))
+    ceiling = _Ceiling(f"ceiling {tag}", cube, paths[:1], positions, repeats, epochs)
+    ceiling.measure()
+    at = len(results)
     for name, reader in _readers(cube).items():
         results.append(
             _loader_case(
@@ -762,6 +778,8 @@ def _cube_cases(
                 direct=direct,
             )
         )
+    ceiling.measure()
+    results.insert(at, ceiling.result())
     return results
 
 
@@ -815,7 +833,9 @@ def _tile_dataset_cases(
     positions = dsmod.TileDataset(cube).positions
     n = positions.size
     base = f"ceiling {tag}, all raster arrays"
-    results = [_ceiling_case(base, cube, paths, positions, repeats, epochs)]
+    ceiling = _Ceiling(base, cube, paths, positions, repeats, epochs)
+    ceiling.measure()
+    results: list[Measurement] = []
     for case, options, batch, direct in cases:
         m = _loader_case(
             tag,
@@ -829,11 +849,7 @@ def _tile_dataset_cases(
             draws=n * epochs if draws else None,
             direct=direct,
         )
-        results.append(
-            Measurement(
-                m.bench, m.case, base, m.median_s, m.repeats, m.unit_count, m.unit, extra=m.extra
-            )
-        )
+        results.append(dataclasses.replace(m, baseline=base))
     if not draws:  # whole shards per worker, in shuffled shard order, read as batches
         from catalog.sampler import TileStream
 
@@ -850,19 +866,9 @@ def _tile_dataset_cases(
                 batch=batch,
                 direct=True,
             )
-            results.append(
-                Measurement(
-                    m.bench,
-                    m.case,
-                    base,
-                    m.median_s,
-                    m.repeats,
-                    m.unit_count,
-                    m.unit,
-                    extra=m.extra,
-                )
-            )
-    return results
+            results.append(dataclasses.replace(m, baseline=base))
+    ceiling.measure()
+    return [ceiling.result(), *results]
 
 
 def _to_physical_case(repeats: int) -> Measurement:
