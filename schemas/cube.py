@@ -235,9 +235,10 @@ class CodecSpec:
     matters more than read speed.
 
     Arrays of one-byte values (masks, label rasters, multi-labels) are written without the
-    bit-shuffle (:meth:`zarr_compressors` with ``itemsize=1``): on mask- and label-like chunks
-    it made decoding about 2x slower for a few percent of size at best
-    (``benchmarks/bench_codecs.py``), and a byte shuffle of one-byte values changes nothing.
+    bit-shuffle (:meth:`zarr_compressors` with ``itemsize=1``): on the demo cube's masks and
+    labels it made decoding 1.5-2.5x slower, for the same size on masks and 12-19 % less on
+    labels (1-2 kB a tile; ``benchmarks/bench_codecs.py``); a byte shuffle of one-byte values
+    changes nothing.
 
     Attributes:
         name: ``blosc-lz4`` (default), ``blosc-zstd`` or ``zstd``.
