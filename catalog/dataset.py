@@ -1191,21 +1191,20 @@ def _collate_batched(
     batch: Sequence[Any], *, collate_fn_map: dict[Any, Callable[..., Any]] | None = None
 ) -> Any:
     if isinstance(batch, BatchSamples):  # a whole batch of __getitems__, in order
-        whole, lease = batch.batch, batch.lease
-        if lease is not None:
-            return LeasedBatch(dict(whole), *lease)
-        return dict(whole)
+        return _whole_batch(batch.batch, batch.lease)
     first = batch[0]
     whole = first.batch
     if all(
         isinstance(s, BatchedSample) and s.batch is whole and s.row == r
         for r, s in enumerate(batch)
     ) and len(batch) == len(whole["index"]):
-        if first.lease is not None:
-            ring, slot, buffer = first.lease
-            return LeasedBatch(dict(whole), ring, slot, buffer)
-        return dict(whole)
+        return _whole_batch(whole, first.lease)
     return collate([dict(s) for s in batch], collate_fn_map=collate_fn_map)
+
+
+def _whole_batch(whole: dict[str, Any], lease: Lease) -> dict[str, Any]:
+    """The batch tensors themselves, as the collated batch (a lease when in a ring slot)."""
+    return dict(whole) if lease is None else LeasedBatch(dict(whole), *lease)
 
 
 default_collate_fn_map[BatchedSample] = _collate_batched
