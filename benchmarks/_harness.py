@@ -10,7 +10,11 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+#: The demo cube (``make demo``) that benchmarks measure when it exists.
+DEMO_CUBE = Path(__file__).resolve().parents[1] / "build" / "demo.zarr"
 
 
 @dataclass(frozen=True)

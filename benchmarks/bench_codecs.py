@@ -9,12 +9,10 @@ bit-shuffle against without it, on the demo cube's mask and label rasters (``mak
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from numcodecs import Blosc, Zstd, blosc
 
-from benchmarks._harness import Measurement, time_median
+from benchmarks._harness import DEMO_CUBE, Measurement, time_median
 
 NAME = "codecs"
 
@@ -35,10 +33,9 @@ def _one_byte_arrays() -> dict[str, list[np.ndarray]]:
     from catalog._chunks import open_arrays
     from schemas.cube import CubeLayout
 
-    demo = Path(__file__).resolve().parents[1] / "build" / "demo.zarr"
-    if not (demo / "zarr.json").exists():
+    if not (DEMO_CUBE / "zarr.json").exists():
         return {}
-    reader = open_arrays(str(demo))
+    reader = open_arrays(str(DEMO_CUBE))
     layout = CubeLayout.from_root_attrs(reader.root_attrs())
     arrays: dict[str, list[np.ndarray]] = {}
     for spec in layout.arrays:

@@ -6,7 +6,8 @@ Two cubes, side by side in one run:
 * ``gen``: a generated, complete eoforge cube (written as a build writes, catalog included):
   ``N`` Sentinel-2-like tiles of (1 time, 10 bands, 120 x 120) int16 reflectance (smooth fields
   plus noise) with mask and datetimes, a ``corine`` label raster and multi-labels, chunks of one
-  tile, shards of 64 tiles, Blosc LZ4 bit-shuffle (the default :class:`schemas.cube.CodecSpec`).
+  tile, shards of 64 tiles, Blosc LZ4 (the default :class:`schemas.cube.CodecSpec`: bit-shuffle,
+  none for the one-byte mask and labels).
   It is cached under the system temp folder and rebuilt when its parameters change.
 
 Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
@@ -70,14 +71,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks._harness import Measurement, time_all, time_median
+from benchmarks._harness import DEMO_CUBE, Measurement, time_all, time_median
 from benchmarks.bench_codecs import _chunk
 from catalog._chunks import ArrayReader, open_arrays
 
 NAME = "loader"
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "build" / "demo.zarr"
+DEMO = DEMO_CUBE
 GEN_PATH = "sentinel-2-l2a/data"
 BATCH = 16
 WORKERS = 2
@@ -467,7 +468,7 @@ def _generated_cube(n_tiles: int) -> Path:
     Written the way a build writes (:func:`pipelines.write.open_or_create_cube`, the catalog
     through :class:`catalog.writer.CatalogWriter`): ``sentinel-2-l2a`` data (1 time, 10 bands,
     120 x 120 int16), mask and datetimes, a ``corine`` label raster and multi-labels, the
-    ``tiles/*`` arrays, 64 tiles per shard, blosc-lz4 bit-shuffle; so both the slab cases
+    ``tiles/*`` arrays, 64 tiles per shard, the default codecs; so both the slab cases
     (``sentinel-2-l2a/data``) and :class:`catalog.dataset.TileDataset` read it.
     """
     from datetime import UTC, datetime, timedelta
