@@ -26,8 +26,10 @@ Cases (every ratio compares cases of this run; ``samples`` = tile slabs):
    all the cube's sharded raster arrays), with float32 physical values (demo) or the stored
    values (``physical=False``; the conversion is then ``to_physical`` on the accelerator,
    timed on this CPU as ``to_physical demo``). Ratio =
-   loader / ceiling throughput. ``extra`` has MB/s (bytes delivered) and the workers' peak
-   and growth of RSS over the epoch.
+   loader / ceiling throughput. ``extra`` has MB/s (bytes delivered), the workers' peak and
+   growth of RSS over the epoch, and their private memory after the timed epochs (RSS without
+   the pages shared with the forking process, which after ``make bench``'s build and catalog
+   benches is GBs).
    ``..., loader_context``: the same with :func:`catalog.loader_context` (the start method's
    context with queues that write in the caller's thread instead of a feeder thread).
    ``TileStream(batch_size=n)`` (gen): the streaming variant, whole shards per worker in a
@@ -237,6 +239,25 @@ def _rss_kb(pid: int) -> tuple[int, int]:
     return (
         int(fields.get("VmRSS", "0 kB").split()[0]),
         int(fields.get("VmHWM", "0 kB").split()[0]),
+    )
+
+
+def _private_kb(pid: int) -> int:
+    """Private resident memory of ``pid`` in kB (``Private_Clean`` + ``Private_Dirty``).
+
+    A forked worker's resident set includes the pages it still shares with the process that
+    forked it (after the build and catalog benches of ``make bench``, gigabytes); this is the
+    memory the worker itself costs. Reading ``smaps_rollup`` takes ~1 ms, so it is read once
+    after the timed epochs, not while they run. 0 where unavailable.
+    """
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    return sum(
+        int(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(("Private_Clean:", "Private_Dirty:"))
     )
 
 
@@ -715,6 +736,9 @@ def _loader_case(
         sizes.append(sum(_epoch(loader, rss) for _ in range(epochs)))
 
     med = time_median(run_epochs, repeats=repeats, warmup=1)
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", [])
+    if workers:  # persistent workers, after every timed epoch
+        rss["worker_private_mb"] = round(max(_private_kb(w.pid) for w in workers) / 1024, 1)
     return Measurement(
         NAME,
         f"loader {tag}: {case}, batch {batch}" + (", loader_context" if direct else ""),
