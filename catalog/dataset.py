@@ -238,12 +238,27 @@ _BLOCK_BYTES = 1 << 20
 
 def _physical(raw: npt.NDArray[Any], sensor: SensorLayout) -> npt.NDArray[np.float32]:
     """Storage values -> float32 physical values (CF scale/offset); fill not yet replaced."""
-    values = raw.astype(np.float32)
-    if sensor.scale_factor is not None:
-        values *= np.float32(sensor.scale_factor)
+    return _physical_into(raw, sensor, np.empty(raw.shape, dtype=np.float32))
+
+
+def _physical_into(
+    raw: npt.NDArray[Any], sensor: SensorLayout, out: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """``out[:] =`` :func:`_physical` of ``raw`` (same shape); ``out``.
+
+    float32 arithmetic: the cast to float32, times ``scale_factor``, plus ``add_offset``. The
+    cast and the product are one ufunc where the cast is exact in it (raw dtypes whose product
+    with float32 is float32: int8/16, uint8/16, float32), with the same result.
+    """
+    if sensor.scale_factor is not None and np.result_type(raw.dtype, np.float32) == np.float32:
+        np.multiply(raw, np.float32(sensor.scale_factor), out=out, casting="unsafe")
+    else:
+        np.copyto(out, raw, casting="unsafe")
+        if sensor.scale_factor is not None:
+            out *= np.float32(sensor.scale_factor)
     if sensor.add_offset is not None:
-        values += np.float32(sensor.add_offset)
-    return values
+        out += np.float32(sensor.add_offset)
+    return out
 
 
 def _fill_of(raw: npt.NDArray[Any], sensor: SensorLayout) -> npt.NDArray[np.bool_]:
@@ -953,30 +968,20 @@ class TileDataset(Dataset[Sample]):
             if bands is not None:
                 raw = raw[:, :, list(bands)]
             if self.physical:
-                self._physical_into(raw, sensor, values[start:stop])
+                self._sample_values_into(raw, sensor, values[start:stop])
             else:
                 np.copyto(values[start:stop], raw)
 
-    def _physical_into(
+    def _sample_values_into(
         self, raw: npt.NDArray[Any], sensor: SensorLayout, values: npt.NDArray[np.float32]
     ) -> None:
         """``values[:] =`` physical (scaled, offset, normalised) ``raw``; fill where no data.
 
         ``raw``: (rows, T, B, H, W) in the storage dtype; ``values``: float32 of the same shape.
-        The same float32 arithmetic as :func:`_physical` (then normalisation, then the fill),
-        fused where the cast to float32 is exact in the ufunc (raw dtypes whose product with
-        float32 is float32: int8/16, uint8/16, float32).
+        :func:`_physical_into`, then the normalisation, then the fill, as ``__getitem__``.
         """
         fill = _fill_of(raw, sensor)
-        if sensor.scale_factor is not None and np.result_type(raw.dtype, np.float32) == np.float32:
-            np.multiply(raw, np.float32(sensor.scale_factor), out=values, casting="unsafe")
-        elif sensor.scale_factor is not None:
-            np.copyto(values, raw, casting="unsafe")
-            values *= np.float32(sensor.scale_factor)
-        else:
-            np.copyto(values, raw, casting="unsafe")
-        if sensor.add_offset is not None:
-            values += np.float32(sensor.add_offset)
+        _physical_into(raw, sensor, values)
         norm = self._norm.get(sensor.name)
         if norm is not None:
             values -= np.asarray(norm[0], dtype=np.float32)[None, None, :, None, None]
